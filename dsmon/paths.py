@@ -1,0 +1,39 @@
+"""The injected filesystem roots. Nothing in dsmon names /proc or /sys directly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where the host's procfs, sysfs and root filesystem are mounted.
+
+    The defaults read the running host; a snapshot or fixture tree, or a container
+    watching its host through bind mounts, passes other roots (node_exporter's flag names).
+    """
+
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
+    rootfs: str = "/"
+
+    def proc(self, *parts: object) -> str:
+        return os.path.join(self.procfs, *map(str, parts))
+
+    def sys(self, *parts: object) -> str:
+        return os.path.join(self.sysfs, *map(str, parts))
+
+    def root(self, *parts: object) -> str:
+        return os.path.join(self.rootfs, *map(str, parts))
+
+    def pid(self, pid: int, *parts: object) -> str:
+        return os.path.join(self.procfs, str(pid), *map(str, parts))
+
+    def task(self, pid: int, tid: int, *parts: object) -> str:
+        return os.path.join(self.procfs, str(pid), "task", str(tid), *map(str, parts))
+
+    @property
+    def is_live(self) -> bool:
+        """True when procfs is this machine's own /proc (pids there are live processes)."""
+        return os.path.realpath(self.procfs) == "/proc"
