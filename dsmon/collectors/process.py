@@ -216,7 +216,7 @@ class ProcessCollector:
         self.start_ticks: int | None = None
         self._users: dict[int, str] | None = None
 
-    def _stat(self) -> StatFields:
+    def stat(self) -> StatFields:
         stat = read_stat(self.paths, self.pid)
         if self.start_ticks is None:
             self.start_ticks = stat.start_ticks
@@ -225,7 +225,7 @@ class ProcessCollector:
         return stat
 
     def identity(self) -> Identity:
-        stat = self._stat()
+        stat = self.stat()
         unavailable: dict[str, str] = {}
         paths, pid = self.paths, self.pid
 
@@ -262,7 +262,7 @@ class ProcessCollector:
 
     def sample(self) -> tuple[ProcessSample, dict[str, str]]:
         paths, pid = self.paths, self.pid
-        stat = self._stat()
+        stat = self.stat()
         status = parse_status(read_text(paths.pid(pid, "status"), process_file=True))
         unavailable: dict[str, str] = {}
         io = None

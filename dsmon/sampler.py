@@ -1,0 +1,132 @@
+"""One sampling pipeline for the host and one target process, used by every driver.
+
+`TargetSampler.static()` reads what does not change (topology, identity, environment,
+cgroup layout); `tick()` runs every per-sample collector once. Each collector's run is a
+`Batch` with a status, so a failing source is reported, never turned into zeros.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from dsmon.collectors.cgroup import CgroupCollector, CgroupLayout, resolve_layout
+from dsmon.collectors.cpu import CpuCollector, clock_ticks
+from dsmon.collectors.memory import MemoryCollector
+from dsmon.collectors.pressure import PressureCollector
+from dsmon.collectors.process import Identity, ProcessCollector, ProcessGone
+from dsmon.collectors.threads import ThreadSampler
+from dsmon.collectors.topology import TopologyCollector
+from dsmon.model import Batch, Status, run_collector
+from dsmon.paths import HostPaths
+from dsmon.sources import Gone, SourceError, read_text
+
+# Every host collector that runs on each tick, in order. Nothing registers itself on import.
+HOST_COLLECTORS = (CpuCollector, MemoryCollector, PressureCollector)
+
+
+@dataclass
+class Tick:
+    mono_ts: float
+    wall_ts: float
+    batches: dict[str, Batch]
+    target_gone: str = ""        # why the target could not be sampled any more
+
+    def data(self, name: str):
+        batch = self.batches.get(name)
+        return batch.data if batch is not None and batch.ok else None
+
+
+@dataclass
+class StaticFacts:
+    hostname: str | None
+    kernel: str | None
+    topology: Batch
+    identity: Identity
+    environment: Batch
+    cgroup_layout: CgroupLayout
+    numa_start: Batch
+    hz: int
+    notes: list[str] = field(default_factory=list)
+
+
+class TargetNotFound(Exception):
+    """The pid names no process (or not the one we were asked about)."""
+
+
+class TargetSampler:
+    def __init__(self, paths: HostPaths, pid: int, max_threads: int = 2048,
+                 thread_time_budget_s: float = 0.5):
+        self.paths = paths
+        self.pid = pid
+        self.hz = clock_ticks()
+        self.process = ProcessCollector(paths, pid, self.hz)
+        self.threads = ThreadSampler(paths, pid, max_threads=max_threads,
+                                     time_budget_s=thread_time_budget_s)
+        self.host = [cls(paths) for cls in HOST_COLLECTORS]
+        self._cgroup: CgroupCollector | None = None
+
+    def close(self) -> None:
+        self.threads.close()
+
+    def static(self) -> StaticFacts:
+        try:
+            identity = self.process.identity()
+        except Gone as exc:
+            raise TargetNotFound(f"no process with pid {self.pid} ({exc.describe()})") from None
+        layout = resolve_layout(self.paths, identity.cgroups)
+        self._cgroup = CgroupCollector(self.paths, layout)
+        return StaticFacts(
+            hostname=self._optional_text(self.paths.proc("sys", "kernel", "hostname")),
+            kernel=self._optional_text(self.paths.proc("sys", "kernel", "osrelease")),
+            topology=run_collector("topology", TopologyCollector(self.paths).collect),
+            identity=identity,
+            environment=run_collector("environment", self.process.environment),
+            cgroup_layout=layout,
+            numa_start=self.numa(),
+            hz=self.hz,
+        )
+
+    def numa(self) -> Batch:
+        return run_collector("numa_maps", self.process.numa_memory)
+
+    def tick(self, read_switches: bool | None = None) -> Tick:
+        mono, wall = time.monotonic(), time.time()
+        batches: dict[str, Batch] = {}
+        for collector in self.host:
+            batches[collector.name] = run_collector(collector.name, collector.collect)
+        process = run_collector("process", self.process.sample, no_data_kinds=())
+        batches["process"] = process
+        gone = ""
+        if process.status is Status.FAILED and process.error.startswith("gone"):
+            gone = process.error
+        else:
+            batches["threads"] = run_collector(
+                "threads", lambda: self._sweep(read_switches), no_data_kinds=())
+            if self._cgroup is not None:
+                batches["cgroup"] = run_collector("cgroup", self._cgroup.collect)
+            if batches["threads"].status is Status.FAILED and \
+                    batches["threads"].error.startswith("gone"):
+                gone = batches["threads"].error
+            elif self._target_replaced():
+                gone = "gone: pid was reused by another process"
+        return Tick(mono, wall, batches, gone)
+
+    def _sweep(self, read_switches):
+        sweep = self.threads.sample(read_switches)
+        return (sweep, dict(sweep.unavailable)) if sweep.unavailable else sweep
+
+    def _target_replaced(self) -> bool:
+        try:
+            self.process.stat()
+        except ProcessGone:
+            return True
+        except SourceError:
+            return False
+        return False
+
+    def _optional_text(self, path: str) -> str | None:
+        try:
+            return read_text(path).strip() or None
+        except SourceError:
+            return None
