@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from dsmon.paths import HostPaths
@@ -24,6 +25,32 @@ ENVIRON_ALLOW_LIST = (
     "MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD", "PYTHONMALLOC",
     "WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK",
 )
+
+
+# Command-line options whose value is a credential: the value is replaced in reports and
+# snapshots, which operators paste into tickets ("--api-key sk-..." is common on vLLM/TGI).
+_SECRET_OPTION = re.compile(r"(key|token|secret|passw|credential|auth)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact_cmdline(args: list[str]) -> list[str]:
+    redacted: list[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next:
+            redacted.append(REDACTED)
+            hide_next = False
+            continue
+        if arg.startswith("-") and _SECRET_OPTION.search(arg):
+            name, sep, _ = arg.partition("=")
+            if sep:
+                redacted.append(f"{name}={REDACTED}")
+            else:
+                redacted.append(arg)
+                hide_next = True
+            continue
+        redacted.append(arg)
+    return redacted
 
 
 @dataclass(frozen=True)
@@ -237,8 +264,8 @@ class ProcessCollector:
                 return default
 
         cmdline_raw = optional("cmdline", lambda: read_bytes(paths.pid(pid, "cmdline"), True), b"")
-        cmdline = [part.decode("utf-8", "backslashreplace")
-                   for part in cmdline_raw.split(b"\0") if part]
+        cmdline = redact_cmdline([part.decode("utf-8", "backslashreplace")
+                                  for part in cmdline_raw.split(b"\0") if part])
         if not cmdline and stat.state == "Z":
             unavailable["cmdline"] = "zombie: the process has exited and awaits its parent"
         exe = optional("exe", lambda: read_link(paths.pid(pid, "exe")))
