@@ -65,6 +65,7 @@ class TargetSampler:
                                      time_budget_s=thread_time_budget_s)
         self.host = [cls(paths) for cls in HOST_COLLECTORS]
         self._cgroup: CgroupCollector | None = None
+        self._started_as_zombie = False
 
     def close(self) -> None:
         self.threads.close()
@@ -74,6 +75,7 @@ class TargetSampler:
             identity = self.process.identity()
         except Gone as exc:
             raise TargetNotFound(f"no process with pid {self.pid} ({exc.describe()})") from None
+        self._started_as_zombie = identity.state == "Z"
         layout = resolve_layout(self.paths, identity.cgroups)
         self._cgroup = CgroupCollector(self.paths, layout)
         return StaticFacts(
@@ -100,6 +102,11 @@ class TargetSampler:
         gone = ""
         if process.status is Status.FAILED and process.error.startswith("gone"):
             gone = process.error
+        elif process.ok and process.data.state == "Z" and not self._started_as_zombie:
+            # Exited during the window; its parent has not reaped it yet.
+            gone = "gone: the process exited (a zombie until its parent reaps it)"
+            batches["process"] = Batch("process", process.mono_ts, process.wall_ts,
+                                       Status.FAILED, None, gone)
         else:
             batches["threads"] = run_collector(
                 "threads", lambda: self._sweep(read_switches), no_data_kinds=())

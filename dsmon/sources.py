@@ -72,10 +72,24 @@ def translate(exc: OSError, path: str, process_file: bool) -> SourceError:
     if code in (errno.EOPNOTSUPP, errno.ENOTSUP):
         return Missing(path, "not supported by this kernel")
     if code == errno.ENOENT:
-        if process_file:
+        if process_file and not _owner_alive(path):
             return Gone(path, "no such process or thread")
         return Missing(path, "not present on this host")
     return SourceError(path, f"{os.strerror(code or 0)} (errno {code})")
+
+
+def _owner_alive(path: str) -> bool:
+    """Whether the process or thread that `path` belongs to still exists.
+
+    A /proc/<pid> directory can outlive some of its files (and a kernel may lack a file), so a
+    missing file means "gone" only when the owner's own `stat` is gone too (as psutil does).
+    """
+    directory = os.path.dirname(path) if not os.path.basename(path).isdigit() else path
+    while directory and directory != os.sep:
+        if os.path.basename(directory).isdigit():
+            return os.path.exists(os.path.join(directory, "stat"))
+        directory = os.path.dirname(directory)
+    return False
 
 
 def read_bytes(path: str, process_file: bool = False) -> bytes:

@@ -191,6 +191,7 @@ class Identity:
     cgroups: list[tuple[str, list[str], str]]
     pid_namespace: str | None
     nspid: list[int]
+    state: str = ""
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -277,7 +278,7 @@ class ProcessCollector:
             read_text(paths.pid(pid, "cgroup"), process_file=True)), [])
         namespace = optional("pid_namespace", lambda: read_link(paths.pid(pid, "ns", "pid")))
         return Identity(pid, stat.start_ticks, stat.comm, cmdline, exe, uid, user, stat.ppid,
-                        cgroups, namespace, nspid, unavailable)
+                        cgroups, namespace, nspid, stat.state, unavailable)
 
     def _user_name(self, uid: int) -> str | None:
         if self._users is None:

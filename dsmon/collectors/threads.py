@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from dsmon.collectors.process import decode_comm
 from dsmon.paths import HostPaths
-from dsmon.sources import Gone, list_dir, translate
+from dsmon.sources import Gone, Missing, list_dir, translate
 
 STAT, SCHEDSTAT, STATUS = 0, 1, 2
 FILES = ("stat", "schedstat", "status")
@@ -239,11 +239,9 @@ class ThreadSampler:
         if not self._schedstat_missing:
             try:
                 run, wait, slices = parse_schedstat(self._read(tid, SCHEDSTAT))
-            except Gone:
-                if os.path.exists(f"{self._task_dir}/{tid}"):
-                    self._schedstat_missing = True  # the thread is there, the file is not
-                else:
-                    raise
+            except Missing:
+                self._schedstat_missing = True  # the thread is there, the file is not
+                self._fds.get(tid, [-1, -1, -1])[SCHEDSTAT] = -1
         voluntary = involuntary = None
         if read_switches:
             voluntary, involuntary = parse_switches(self._read(tid, STATUS))

@@ -1,0 +1,257 @@
+"""The edges: vanished pids, exits mid-window, churn, reuse, permissions, odd names, zombies,
+stopped targets and 10,000 threads. Each must give a clear answer and never crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dsmon.collectors.threads import ThreadSampler
+from dsmon.paths import HostPaths
+from dsmon.sampler import TargetSampler
+from tests.helpers.spawn import REPO, diagnose_json, run_dsmon, workload
+
+
+def _free_pid() -> int:
+    pid = 4_000_000
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+def test_missing_pid_exits_3_with_a_clear_message():
+    result = run_dsmon("diagnose", str(_free_pid()), "--duration", "1s")
+    assert result.returncode == 3
+    assert "no process with pid" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_target_exiting_mid_window_gives_a_partial_report():
+    with workload("threads", "--busy", "1", "--exit-after", "1.2") as target:
+        report = diagnose_json(target.pid, duration="4s", interval="0.5s", expect_rc=4)
+    window = report["window"]
+    assert window["complete"] is False
+    assert window["end_reason"] == "target exited"
+    assert window["target_exited_at"]
+    assert 0.5 <= window["elapsed_seconds"] < 2.5
+    assert report["target"]["pid"] == target.pid
+    assert any("partial report" in o["text"] for o in report["observations"])
+
+
+def test_text_report_says_partial():
+    with workload("threads", "--idle", "1", "--exit-after", "0.8") as target:
+        result = run_dsmon("diagnose", str(target.pid), "--duration", "3s", "--interval", "0.5s")
+    assert result.returncode == 4
+    assert "PARTIAL REPORT: target exited" in result.stdout
+
+
+def test_threads_that_come_and_go_during_sweeps():
+    with workload("churn") as target:
+        sampler = ThreadSampler(HostPaths(), target.pid)
+        listed, vanished = set(), 0
+        try:
+            for _ in range(60):
+                sweep = sampler.sample(read_switches=True)
+                listed.update(t.tid for t in sweep.threads)
+                vanished += sweep.vanished
+                assert all(t.state for t in sweep.threads)
+                time.sleep(0.005)
+        finally:
+            sampler.close()
+    assert len(listed) > 20  # short-lived threads were seen and dropped again
+    # Cached descriptors of exited threads were closed, not leaked.
+    assert len(sampler._fds) == 0
+
+
+def test_cached_descriptor_of_an_exited_thread_reads_as_gone():
+    """ESRCH between open and read: the fd is open, then the thread exits."""
+    import threading
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    sampler = ThreadSampler(HostPaths(), os.getpid())
+    try:
+        first = sampler.sample()
+        tid = worker.native_id
+        assert tid in {t.tid for t in first.threads}
+        assert tid in sampler._fds
+        stop.set()
+        worker.join()
+        # The kernel keeps the tid listed for a moment in some races; read the stale fds directly.
+        from dsmon.sources import Gone
+        with pytest.raises(Gone):
+            sampler._read_thread(tid, read_switches=True)
+        second = sampler.sample()
+        assert tid not in {t.tid for t in second.threads}
+        assert tid not in sampler._fds
+    finally:
+        sampler.close()
+
+
+def test_pid_reuse_is_detected_by_start_time(tmp_path):
+    """A recycled pid must not inherit the old process's history."""
+    # Make a tiny procfs for pid 77 and change its start time between ticks.
+    proc = tmp_path / "proc"
+    task = proc / "77" / "task" / "77"
+    task.mkdir(parents=True)
+    stat = "77 (server) S 1 77 77 0 -1 4194560 100 0 0 0 50 10 0 0 20 0 1 0 {start} 1000000 250 " \
+           "18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+    for path in (proc / "77" / "stat", task / "stat"):
+        path.write_text(stat.format(start=1000))
+    status = "Name:\tserver\nState:\tS (sleeping)\nUid:\t0\t0\t0\t0\nNSpid:\t77\nVmRSS:\t1000 kB\n" \
+             "Cpus_allowed_list:\t0\nMems_allowed_list:\t0\nvoluntary_ctxt_switches:\t1\n" \
+             "nonvoluntary_ctxt_switches:\t0\n"
+    (proc / "77" / "status").write_text(status)
+    (task / "status").write_text(status)
+    (task / "schedstat").write_text("1 2 3\n")
+    (proc / "77" / "cgroup").write_text("0::/\n")
+    sampler = TargetSampler(HostPaths(str(proc), str(tmp_path / "sys"), str(tmp_path)), 77)
+    static = sampler.static()
+    assert static.identity.key == (77, 1000)
+    assert sampler.tick().target_gone == ""
+    (proc / "77" / "stat").write_text(stat.format(start=2000))
+    tick = sampler.tick()
+    assert "reused" in tick.target_gone
+    sampler.close()
+
+
+def test_names_with_spaces_parentheses_and_bad_utf8():
+    with workload("names") as target:
+        report = diagnose_json(target.pid, duration="1s")
+    names = {row["name"] for row in report["threads"]["all"]}
+    assert "my (weird) nam" in names
+    assert "a) b (c" in names
+    assert "bad\\xff\\xfeutf8" in names
+    assert "plain" in names
+
+
+def test_zombie_target(tmp_path):
+    # The parent never reaps its child, so the child stays a zombie while the test runs.
+    script = ("import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\n"
+              "print(pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        for _ in range(50):
+            with open(f"/proc/{child}/stat") as handle:
+                if handle.read().split(") ")[1][0] == "Z":
+                    break
+            time.sleep(0.05)
+        report = diagnose_json(child, duration="1s")
+    finally:
+        parent.kill()
+        parent.wait()
+    assert report["target"]["state"] == "Z"
+    process = report["collectors"]["process"]
+    assert "zombie" in process["unavailable"].get("memory", "")
+    assert report["target"]["memory"]["rss_bytes"] is None  # not 0: a zombie has no memory
+
+
+def test_stopped_target_is_reported_as_stopped():
+    with workload("threads", "--idle", "2") as target:
+        os.kill(target.pid, signal.SIGSTOP)
+        try:
+            report = diagnose_json(target.pid, duration="1s")
+        finally:
+            os.kill(target.pid, signal.SIGCONT)
+    assert report["target"]["state"] == "T"
+    assert report["threads"]["state_share"].get("T", 0) > 0.9
+
+
+NOBODY_WRAPPER = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import dsmon.cli, dsmon.diagnose, dsmon.report.text, dsmon.sampler, dsmon.analysis, json
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+sys.argv = ["dsmon"] + sys.argv[1:]
+dsmon.cli.main()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as nobody")
+def test_permission_denied_names_the_privilege(tmp_path):
+    wrapper = tmp_path / "as_nobody.py"
+    wrapper.write_text(NOBODY_WRAPPER.format(repo=str(REPO)))
+    with workload("threads", "--busy", "1", "--idle", "2") as target:  # runs as root
+        result = subprocess.run([sys.executable, str(wrapper), "diagnose", str(target.pid),
+                                 "--duration", "1s", "--interval", "0.5s", "--format", "json"],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    env = report["collectors"]["environment"]
+    assert env["status"] == "failed"
+    assert "CAP_SYS_PTRACE" in env["hint"]
+    assert report["target"]["environment"] is None  # unavailable, not "no variables set"
+    unavailable = report["collectors"]["process"]["unavailable"]
+    assert "io" in unavailable and "permission denied" in unavailable["io"]
+    assert report["target"]["io"] == {}
+    # What the kernel does show an unprivileged user still comes through.
+    assert report["threads"]["busy"] == 1
+    assert report["target"]["cpu"]["cores"] > 0.5
+
+
+@pytest.mark.slow
+def test_ten_thousand_threads_stay_bounded():
+    with workload("many", "--count", "10000", timeout=120) as target:
+        started = time.monotonic()
+        result = run_dsmon("diagnose", str(target.pid), "--duration", "2s", "--interval", "1s",
+                           "--format", "json", timeout=120)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    threads = report["threads"]
+    assert threads["listed"] == 10001
+    assert threads["truncated"] is True
+    assert threads["sampled_last_sweep"] <= 2048
+    assert any("rotates" in note for note in threads["notes"])
+    assert any(o["topic"] == "sampling" for o in report["observations"])
+    # Three ticks of at most 2048 threads each, plus start-up: well inside the window + 3 s.
+    assert elapsed < 2 + 3 + 2, elapsed
+
+
+def test_snapshot_replay_gives_the_same_static_facts(tmp_path):
+    archive = tmp_path / "snap.tar.gz"
+    secret_env = dict(os.environ, HF_TOKEN="hf_secret_value", OMP_NUM_THREADS="3")
+    with workload("threads", "--busy", "1", "--idle", "3", env=secret_env) as target:
+        recorded = run_dsmon("snapshot", str(target.pid), "-o", str(archive))
+        assert recorded.returncode == 0, recorded.stderr
+        live = diagnose_json(target.pid, duration="1s")
+    import tarfile
+    replay = tmp_path / "replay"
+    with tarfile.open(archive) as tar:
+        tar.extractall(replay)
+    replayed = diagnose_json(target.pid, "--path.procfs", str(replay / "proc"),
+                             "--path.sysfs", str(replay / "sys"), "--path.rootfs", str(replay),
+                             duration="0.2s", interval="0.1s")
+    for key in ("cpus_online", "sockets", "physical_cores", "smt", "kernel", "hostname"):
+        assert replayed["host"][key] == live["host"][key], key
+    assert [n["cpus"] for n in replayed["host"]["numa_nodes"]] == \
+        [n["cpus"] for n in live["host"]["numa_nodes"]]
+    for key in ("pid", "start_ticks", "comm", "cmdline", "exe", "user", "uid", "nspid",
+                "cgroup_version", "threads", "environment"):
+        assert replayed["target"][key] == live["target"][key], key
+    assert replayed["target"]["effective_cpus"] == live["target"]["effective_cpus"]
+    assert replayed["target"]["memory"]["cgroup"]["limit_bytes"] == \
+        live["target"]["memory"]["cgroup"]["limit_bytes"]
+    assert {r["name"] for r in replayed["threads"]["all"]} == {r["name"] for r in live["threads"]["all"]}
+    # The bundle keeps secrets out: only allow-listed variables in environ.
+    environ = (replay / "proc" / str(target.pid) / "environ").read_bytes()
+    assert b"PATH=" not in environ and b"hf_secret_value" not in environ
+    assert environ == b"OMP_NUM_THREADS=3\0"
+    assert replayed["target"]["environment"] == {"OMP_NUM_THREADS": "3"}
+
+
+def test_snapshot_of_a_missing_pid_fails_clearly(tmp_path):
+    result = run_dsmon("snapshot", str(_free_pid()), "-o", str(tmp_path / "x.tgz"))
+    assert result.returncode == 3
+    assert "no process with pid" in result.stderr
+    assert not (tmp_path / "x.tgz").exists()
