@@ -56,19 +56,21 @@ def test_text_report_says_partial():
 def test_threads_that_come_and_go_during_sweeps():
     with workload("churn") as target:
         sampler = ThreadSampler(HostPaths(), target.pid)
-        listed, vanished = set(), 0
+        listed = set()
+        open_before = len(os.listdir("/proc/self/fd"))
         try:
             for _ in range(60):
                 sweep = sampler.sample(read_switches=True)
                 listed.update(t.tid for t in sweep.threads)
-                vanished += sweep.vanished
                 assert all(t.state for t in sweep.threads)
                 time.sleep(0.005)
+            # Descriptors of exited threads were closed, not leaked: only the threads of the
+            # last sweep hold any, though hundreds of threads came and went.
+            assert len(sampler._fds) <= sweep.listed
+            assert len(os.listdir("/proc/self/fd")) <= open_before + 3 * sweep.listed + 2
         finally:
             sampler.close()
-    assert len(listed) > 20  # short-lived threads were seen and dropped again
-    # Cached descriptors of exited threads were closed, not leaked.
-    assert len(sampler._fds) == 0
+    assert len(listed) > 100  # short-lived threads were seen and dropped again
 
 
 def test_cached_descriptor_of_an_exited_thread_reads_as_gone():
