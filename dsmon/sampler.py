@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from dsmon.collectors.cgroup import CgroupCollector, CgroupLayout, resolve_layout
 from dsmon.collectors.cpu import CpuCollector, clock_ticks
-from dsmon.collectors.memory import MemoryCollector
+from dsmon.collectors.memory import MemoryCollector, VmstatCollector
 from dsmon.collectors.pressure import PressureCollector
 from dsmon.collectors.process import Identity, ProcessCollector, ProcessGone
 from dsmon.collectors.threads import ThreadSampler
@@ -22,7 +22,7 @@ from dsmon.paths import HostPaths
 from dsmon.sources import Gone, SourceError, read_text
 
 # Every host collector that runs on each tick, in order. Nothing registers itself on import.
-HOST_COLLECTORS = (CpuCollector, MemoryCollector, PressureCollector)
+HOST_COLLECTORS = (CpuCollector, MemoryCollector, VmstatCollector, PressureCollector)
 
 
 @dataclass

@@ -154,11 +154,17 @@ def parse_cpulist(text: str) -> list[int]:
             continue
         if "-" in part:
             low, _, high = part.partition("-")
-            step = 1
-            if ":" in high:  # "0-31:2/4" group syntax is rare; honour the stride only
+            used = group = None
+            if ":" in high:  # "0-7:2/4": the first 2 CPUs of every group of 4 (kernel syntax)
                 high, _, rest = high.partition(":")
-                step = int(rest.split("/")[0])
-            cpus.extend(range(int(low), int(high) + 1, step))
+                used_text, _, group_text = rest.partition("/")
+                used, group = int(used_text), int(group_text)
+            low_cpu, high_cpu = int(low), int(high)
+            if group:
+                for base in range(low_cpu, high_cpu + 1, group):
+                    cpus.extend(range(base, min(base + used, high_cpu + 1)))
+            else:
+                cpus.extend(range(low_cpu, high_cpu + 1))
         else:
             cpus.append(int(part))
     return cpus

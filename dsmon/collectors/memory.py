@@ -1,4 +1,4 @@
-"""Host memory and swap, from /proc/meminfo."""
+"""Host memory and swap, from /proc/meminfo, and paging counters from /proc/vmstat."""
 
 from __future__ import annotations
 
@@ -41,3 +41,28 @@ class MemoryCollector:
             # Kernels before 3.14 have no MemAvailable; an estimate would be a guess.
             unavailable["MemAvailable"] = "kernel older than 3.14 does not report MemAvailable"
         return (info, unavailable) if unavailable else info
+
+
+VMSTAT_FIELDS = ("pswpin", "pswpout", "pgmajfault", "oom_kill", "pgscan_direct", "pgsteal_direct")
+
+
+def parse_vmstat(text: str) -> dict[str, int]:
+    """The few /proc/vmstat counters dsmon uses (swap-in/out pages, major faults, OOM kills)."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key in VMSTAT_FIELDS:
+            values[key] = int(value)
+    if not values:
+        raise Malformed("vmstat", "none of the expected counters")
+    return values
+
+
+class VmstatCollector:
+    name = "vmstat"
+
+    def __init__(self, paths: HostPaths):
+        self._path = paths.proc("vmstat")
+
+    def collect(self) -> dict[str, int]:
+        return parse_vmstat(read_nonempty(self._path))

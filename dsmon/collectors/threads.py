@@ -11,7 +11,9 @@ Per 512-thread sweep there, pread of `stat` costs ~2.9 ms, `schedstat` ~0.7 ms, 
 (the only per-thread source of the voluntary/involuntary switch split) ~4.7 ms: the kernel
 formats ~60 lines for it. So the switch rate comes from schedstat's timeslice count (how often
 the thread was put on a CPU) every sweep, and `status` is read every `switches_every` sweeps
-(and whenever the caller asks) for the voluntary/involuntary split.
+(and whenever the caller asks) for the voluntary/involuntary split. On those sweeps `wchan`
+is also read for sleeping threads (a thread waiting on a FUSE or network filesystem sleeps in S
+state, invisible to D-state counts and PSI); for D-state threads it is read every sweep.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from dataclasses import dataclass, field
 
 from dsmon.collectors.process import decode_comm
 from dsmon.paths import HostPaths
-from dsmon.sources import Gone, Missing, list_dir, translate
+from dsmon.sources import Denied, Gone, Missing, list_dir, translate
 
-STAT, SCHEDSTAT, STATUS = 0, 1, 2
-FILES = ("stat", "schedstat", "status")
+STAT, SCHEDSTAT, STATUS, WCHAN = 0, 1, 2, 3
+FILES = ("stat", "schedstat", "status", "wchan")
 _VOLUNTARY = b"\nvoluntary_ctxt_switches:"
 _INVOLUNTARY = b"\nnonvoluntary_ctxt_switches:"
 
@@ -99,7 +101,7 @@ def default_fd_budget() -> int:
         except (ValueError, OSError):
             pass
     limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
-    return max(0, min(limit - 256, 3 * 4096))
+    return max(0, min(limit - 256, len(FILES) * 4096))
 
 
 class ThreadSampler:
@@ -148,21 +150,26 @@ class ThreadSampler:
         names = list_dir(self._task_dir, process_file=True)
         tids = sorted(int(name) for name in names if name.isdigit())
         listed = len(tids)
-        truncated = False
-        if listed > self.max_threads:
-            truncated = True
-            start = self._rotation % listed
-            tids = (tids[start:] + tids[:start])[:self.max_threads]
-            self._rotation = start + self.max_threads
-        self._drop_vanished(set(tids) if not truncated else None, listed)
+        # One rotating offset serves both limits (thread count and time): each sweep starts
+        # where the last truncated one stopped, so every thread is read within a few sweeps.
+        start = self._rotation % listed if listed else 0
+        if start:
+            tids = tids[start:] + tids[:start]
+        capped = listed > self.max_threads
+        if capped:
+            tids = tids[:self.max_threads]
+        self._drop_vanished(set(tids) if not capped else None, listed)
 
         threads: list[ThreadSample] = []
         vanished = 0
+        attempted = 0
+        timed_out = False
         deadline = started + self.time_budget_s
         for index, tid in enumerate(tids):
             if index % 64 == 63 and time.perf_counter() > deadline:
-                truncated = True
+                timed_out = True
                 break
+            attempted += 1
             try:
                 sample = self._read_thread(tid, read_switches)
             except Gone:
@@ -170,6 +177,8 @@ class ThreadSampler:
                 self._forget(tid)
                 continue
             threads.append(sample)
+        truncated = capped or timed_out
+        self._rotation = start + attempted if truncated else 0
 
         sweep = ThreadSweep(threads, listed, truncated, vanished, switches_read=read_switches)
         if truncated:
@@ -189,7 +198,7 @@ class ThreadSampler:
 
     def _drop_vanished(self, current: set[int] | None, listed: int) -> None:
         if current is None:
-            if len(self._fds) <= self.fd_budget // 3:
+            if len(self._fds) <= self.fd_budget // len(FILES):
                 return
             current = set()  # rotating window over too many threads: start the cache afresh
         for tid in [tid for tid in self._fds if tid not in current]:
@@ -210,8 +219,8 @@ class ThreadSampler:
     def _read(self, tid: int, which: int) -> bytes:
         fds = self._fds.get(tid)
         if fds is None:
-            if len(self._fds) * 3 < self.fd_budget:
-                fds = self._fds[tid] = [-1, -1, -1]
+            if len(self._fds) * len(FILES) < self.fd_budget:
+                fds = self._fds[tid] = [-1, -1, -1, -1]
             else:  # over budget: open, read, close
                 fd = self._open(tid, which)
                 try:
@@ -241,21 +250,21 @@ class ThreadSampler:
                 run, wait, slices = parse_schedstat(self._read(tid, SCHEDSTAT))
             except Missing:
                 self._schedstat_missing = True  # the thread is there, the file is not
-                self._fds.get(tid, [-1, -1, -1])[SCHEDSTAT] = -1
+                self._fds.get(tid, [-1, -1, -1, -1])[SCHEDSTAT] = -1
         voluntary = involuntary = None
         if read_switches:
             voluntary, involuntary = parse_switches(self._read(tid, STATUS))
         wchan = None
-        if state == "D":
+        if state == "D" or (read_switches and state == "S"):
             wchan = self._wchan(tid)
         return ThreadSample(tid, name, state, utime, stime, processor, start_ticks,
                             run, wait, slices, voluntary, involuntary, wchan)
 
     def _wchan(self, tid: int) -> str | None:
+        """The kernel function a sleeping thread waits in; None when hidden or unknown."""
         try:
-            with open(f"{self._task_dir}/{tid}/wchan", "rb") as handle:
-                value = handle.read().decode("ascii", "replace").strip()
-        except OSError:
+            value = self._read(tid, WCHAN).decode("ascii", "replace").strip()
+        except (Missing, Denied):
             return None
         return value if value and value != "0" else None
 

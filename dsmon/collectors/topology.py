@@ -109,10 +109,9 @@ class TopologyCollector:
             notes.append("no NUMA information in sysfs (kernel without CONFIG_NUMA): one node assumed")
             return {}
         nodes: dict[int, NumaNode] = {}
-        for name in sorted(names):
-            if not re.fullmatch(r"node\d+", name):
-                continue
-            number = int(name[4:])
+        numbers = sorted(int(name[4:]) for name in names if re.fullmatch(r"node\d+", name))
+        for number in numbers:
+            name = f"node{number}"
             cpus = parse_cpulist(read_text(f"{node_dir}/{name}/cpulist"))
             node = NumaNode(number, cpus)
             try:
