@@ -192,6 +192,16 @@ def analyse_threads(ticks: list[Tick], topology: Topology | None, hz: int,
         pool["cpu_cores"] += row["cpu_ratio"] or 0.0
         pool["run_queue_wait_seconds"] += row["run_queue_wait_seconds"] or 0.0
         pool["states"][row["state"]] = pool["states"].get(row["state"], 0) + 1
+    names_by_pool: dict[str, set[str]] = {}
+    for row in rows:
+        names_by_pool.setdefault(row["pool"], set()).add(row["name"])
+    for masked, names in names_by_pool.items():
+        if len(names) == 1:  # "python3" x 34 is a pool named python3, not python#
+            (name,) = names
+            pools[masked]["pool"] = name
+            for row in rows:
+                if row["pool"] == masked:
+                    row["pool"] = name
     for pool in pools.values():
         pool["cpu_cores"] = round(pool["cpu_cores"], 3)
         pool["run_queue_wait_seconds"] = round(pool["run_queue_wait_seconds"], 4)
@@ -228,7 +238,8 @@ def analyse_threads(ticks: list[Tick], topology: Topology | None, hz: int,
         "pools": sorted(pools.values(), key=lambda p: (-p["cpu_cores"], -p["threads"])),
         "top_by_cpu": sorted((r for r in rows if r["cpu_ratio"]),
                              key=lambda r: -r["cpu_ratio"])[:TOP_THREADS],
-        "top_by_run_queue_wait": sorted((r for r in rows if r["run_queue_wait_seconds"]),
+        "top_by_run_queue_wait": sorted((r for r in rows
+                                         if (r["run_queue_wait_seconds"] or 0) >= 0.001),
                                         key=lambda r: -r["run_queue_wait_seconds"])[:TOP_THREADS],
         "blocked": [{"tid": r["tid"], "name": r["name"], "wchan": r["wchan"],
                      "d_state_samples": r["states"]["D"]} for r in blocked][:TOP_THREADS],
@@ -293,9 +304,9 @@ def thread_settings(environment: dict[str, str] | None, physical_cores: int | No
             advice.append(f"{name}={value} uses under half of the {usable} usable physical cores; "
                           f"consider {name}={recommended}")
     if environment is not None and "OMP_NUM_THREADS" not in configured:
-        advice.append(f"OMP_NUM_THREADS is unset: OpenMP/PyTorch default to one thread per visible "
-                      f"logical CPU ({logical_cpus}); set OMP_NUM_THREADS={recommended} "
-                      f"(85% of {usable} physical cores)")
+        advice.append(f"OMP_NUM_THREADS is unset: OpenMP sizes its pool to the {logical_cpus} "
+                      f"visible CPUs unless the program sets it (torch.set_num_threads); "
+                      f"{recommended} threads is 85% of the {usable} usable physical cores")
     return {"configured": configured, "usable_physical_cores": usable,
             "recommended_threads": recommended, "advice": advice}
 
@@ -470,12 +481,14 @@ def _memory_section(ticks: list[Tick], static: StaticFacts) -> dict:
             "working_set_bytes": cgroup.working_set_bytes,
             "inactive_file_bytes": cgroup.inactive_file_bytes,
             "working_set_slope_bytes_per_second": _round(ws_slope, 1),
+            "headroom_bytes": cgroup.memory_headroom_bytes,
+            "limit_working_set_bytes": cgroup.limit_working_set_bytes,
             "oom_kills": cgroup.oom_kills,
             "oom_kills_in_window": rate_delta(ticks, "cgroup", "oom_kills"),
         }
-        if cgroup.memory_limit_bytes is not None and cgroup.working_set_bytes is not None:
+        if cgroup.memory_headroom_bytes is not None:
             limit_kind = "cgroup"
-            headroom = cgroup.memory_limit_bytes - cgroup.working_set_bytes
+            headroom = cgroup.memory_headroom_bytes
             growth = ws_slope if ws_slope is not None else slope
     if limit_kind is None and host_memory and host_memory.get("MemAvailable") is not None:
         limit_kind, headroom = "host MemAvailable", host_memory["MemAvailable"]

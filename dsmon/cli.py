@@ -76,24 +76,37 @@ def _write(text: str, output: str | None) -> None:
 @click.option("-o", "--output", default=None, help="write the report to FILE instead of stdout")
 @click.option("--max-threads", type=click.IntRange(1), default=2048, show_default=True,
               help="threads read per sample; above it each sample reads a rotating window")
+@click.option("--rules", "rule_paths", multiple=True, envvar="DSMON_RULES",
+              type=click.Path(), help="extra rule directory or file (repeatable); a rule with "
+              "the id of a built-in one replaces it")
+@click.option("--disable-rule", "disabled", multiple=True, help="rule id to skip (repeatable)")
 @host_path_options
-def diagnose(pid, duration, interval, output_format, output, max_threads, paths):
+def diagnose(pid, duration, interval, output_format, output, max_threads, rule_paths, disabled,
+             paths):
     """Sample process PID over a short window and report what slows it down.
 
-    Exit codes: 0 report complete; 3 no such process; 4 partial report (the target exited
-    during the window); 5 the report could not be written; 2 usage error; 1 internal error.
+    Exit codes: 0 no warning or critical finding; 6 a warning and 7 a critical finding firing
+    at the end of the window; 4 partial report (the target exited during the window) with
+    nothing worse; 3 no such process; 5 the report could not be written; 8 a rule file is
+    invalid; 2 usage error; 1 internal error.
     """
     import json
 
-    from dsmon.diagnose import EXIT_NO_TARGET, EXIT_PARTIAL, DiagnoseOptions
+    from dsmon.diagnose import EXIT_NO_TARGET, EXIT_RULES, DiagnoseOptions, exit_code
     from dsmon.diagnose import diagnose as run
+    from dsmon.engine.rules import RuleLoadError
     from dsmon.report.text import render_text
     from dsmon.sampler import TargetNotFound
 
     if interval > duration:
         interval = duration
     try:
-        report = run(paths, pid, DiagnoseOptions(duration, interval, max_threads))
+        report = run(paths, pid, DiagnoseOptions(duration, interval, max_threads,
+                                                 tuple(rule_paths), tuple(disabled)))
+    except RuleLoadError as exc:
+        click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
+                   err=True)
+        sys.exit(EXIT_RULES)
     except TargetNotFound as exc:
         click.echo(f"dsmon: {exc}. Check the pid with `ps -p {pid}`; inside a container, "
                    f"pass the pid as this dsmon's PID namespace sees it.", err=True)
@@ -103,8 +116,7 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, paths)
     else:
         text = render_text(report)
     _write(text, output)
-    if not report["window"]["complete"] and report["window"]["end_reason"] == "target exited":
-        sys.exit(EXIT_PARTIAL)
+    sys.exit(exit_code(report))
 
 
 @main.command()
@@ -127,6 +139,95 @@ def snapshot(pid, output, paths):
     click.echo(f"wrote {output}: {summary.files} files, {summary.bytes} bytes"
                + (f"; {len(summary.skipped)} unreadable (listed in SNAPSHOT.json)"
                   if summary.skipped else ""))
+
+
+@main.group()
+def rules():
+    """Check, list and explain dsmon's rules (rules/dsmon/*.yaml and your own)."""
+
+
+@rules.command("check")
+@click.argument("paths", nargs=-1, type=click.Path())
+def rules_check(paths):
+    """Validate rule files or directories (the built-in rules when none are given).
+
+    Every problem is reported at once, each with file, rule and reason; exit 8 if any.
+    """
+    from dsmon.diagnose import EXIT_RULES
+    from dsmon.engine.rules import RuleLoadError, load_rules
+
+    try:
+        loaded = load_rules(paths, include_builtin=not paths)
+    except RuleLoadError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        click.echo(f"{len(exc.problems)} problem(s)", err=True)
+        sys.exit(EXIT_RULES)
+    click.echo(f"ok: {len(loaded)} rules")
+
+
+def _load_or_exit(paths):
+    from dsmon.diagnose import EXIT_RULES
+    from dsmon.engine.rules import RuleLoadError, load_rules
+    try:
+        return load_rules(paths)
+    except RuleLoadError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(EXIT_RULES)
+
+
+@rules.command("list")
+@click.option("--rules", "rule_paths", multiple=True, envvar="DSMON_RULES", type=click.Path())
+def rules_list(rule_paths):
+    """List the rules in effect: id, severity, for, and what each detects."""
+    for rule in _load_or_exit(rule_paths):
+        click.echo(f"{rule.id:<30} {rule.severity:<8} for {rule.for_s:>4g}s  "
+                   f"{rule.description.splitlines()[0] if rule.description else rule.summary[:60]}")
+
+
+@rules.command("explain")
+@click.argument("rule_id")
+@click.option("--rules", "rule_paths", multiple=True, envvar="DSMON_RULES", type=click.Path())
+def rules_explain(rule_id, rule_paths):
+    """Show one rule: what it detects, its conditions, hysteresis, and its hints."""
+    from dsmon.engine.features import FEATURES
+    from dsmon.engine.rules import Leaf
+
+    by_id = {rule.id: rule for rule in _load_or_exit(rule_paths)}
+    rule = by_id.get(rule_id)
+    if rule is None:
+        click.echo(f"dsmon: no rule {rule_id!r}; `dsmon rules list` shows them", err=True)
+        sys.exit(2)
+    click.echo(f"{rule.id} ({rule.severity}) from {rule.source}")
+    click.echo(f"  {rule.description}")
+    click.echo(f"  fires after the condition holds for {rule.for_s:g}s; stays firing "
+               f"{rule.keep_firing_for_s:g}s after it clears")
+
+    def show(node, depth):
+        pad = "  " * depth
+        if isinstance(node, Leaf):
+            click.echo(f"{pad}- {node.describe()}   [{FEATURES[node.feature].help}]")
+        else:
+            click.echo(f"{pad}{node.kind} of:")
+            for child in node.children:
+                show(child, depth + 1)
+
+    click.echo("  condition:")
+    show(rule.when, 2)
+    click.echo(f"  summary: {rule.summary}")
+    click.echo(f"  hint: {rule.hint}")
+    for engine, hint in rule.hints.items():
+        click.echo(f"  hint for {engine}: {hint}")
+
+
+@rules.command("features")
+def rules_features():
+    """List the features rules can use, with units."""
+    from dsmon.engine.features import CONTEXT_FIELDS, FEATURES
+    for name, feature in FEATURES.items():
+        click.echo(f"{name:<36} {feature.unit:<17} {feature.help}")
+    click.echo("template-only values: " + ", ".join(CONTEXT_FIELDS))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 
 from dsmon import __version__
 from dsmon.analysis import analyse
+from dsmon.engine.monitor import RuleMonitor
+from dsmon.engine.rules import load_rules
 from dsmon.model import Batch, Status
 from dsmon.observations import observe
 from dsmon.paths import HostPaths
@@ -23,6 +25,9 @@ EXIT_USAGE = 2
 EXIT_NO_TARGET = 3
 EXIT_PARTIAL = 4
 EXIT_OUTPUT = 5
+EXIT_RULES = 8          # a rule file could not be loaded
+EXIT_WARNING = 6        # a warning finding was firing at the end of the window
+EXIT_CRITICAL = 7       # a critical finding was firing at the end of the window
 
 
 @dataclass
@@ -30,12 +35,16 @@ class DiagnoseOptions:
     duration_s: float = 10.0
     interval_s: float = 1.0
     max_threads: int = 2048
+    rule_paths: tuple = ()
+    disabled_rules: tuple = ()
 
 
 def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
-                  sleep=time.sleep) -> tuple[list[Tick], str]:
+                  sleep=time.sleep, on_tick=None) -> tuple[list[Tick], str]:
     """Tick every interval for the duration. Returns the ticks and why sampling ended."""
     ticks = [sampler.tick(read_switches=True)]
+    if on_tick:
+        on_tick(ticks[0])
     if ticks[0].target_gone:
         return ticks, "target exited"
     count = max(1, round(options.duration_s / options.interval_s))
@@ -47,6 +56,8 @@ def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
                 sleep(delay)
             tick = sampler.tick(read_switches=(index == count) or None)
             ticks.append(tick)
+            if on_tick:
+                on_tick(tick)
             if tick.target_gone:
                 return ticks, "target exited"
     except KeyboardInterrupt:
@@ -72,13 +83,19 @@ def collector_summary(batches: list[Batch]) -> dict:
     return summary
 
 
-def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sleep) -> dict:
-    """Run the whole diagnosis. Raises TargetNotFound when the pid names no process."""
+def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sleep,
+             rules=None) -> dict:
+    """Run the whole diagnosis. Raises TargetNotFound when the pid names no process and
+    RuleLoadError when a rule file is invalid (before any sampling)."""
+    if rules is None:
+        rules = load_rules(options.rule_paths)
+    rules = [rule for rule in rules if rule.id not in set(options.disabled_rules)]
     sampler = TargetSampler(paths, pid, max_threads=options.max_threads)
     try:
         started_wall = time.time()
         static = sampler.static()
-        ticks, end_reason = sample_window(sampler, options, sleep)
+        monitor = RuleMonitor(static, rules)
+        ticks, end_reason = sample_window(sampler, options, sleep, monitor.observe)
         numa_end = sampler.numa() if end_reason != "target exited" else None
     finally:
         sampler.close()
@@ -110,8 +127,28 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         "collectors": collector_summary(batches),
         "notes": static.topology.data.notes if static.topology.ok else [],
     }
+    start = live[0].mono_ts if live else None
+    report["engine"] = monitor.engine_name or None
+    report["findings"] = [finding.as_dict(start) for finding in monitor.findings()]
+    report["finding_transitions"] = [
+        {"seconds": round(t.mono_ts - start, 3) if start is not None else None,
+         "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
+        for t in monitor.transitions]
+    report["worst_firing_severity"] = monitor.worst_firing()
     report["observations"] = observe(report)
     return report
+
+
+def exit_code(report: dict) -> int:
+    """Critical (7) > warning (6) > partial window (4) > ok (0); documented in the README."""
+    worst = report.get("worst_firing_severity")
+    if worst == "critical":
+        return EXIT_CRITICAL
+    if worst == "warning":
+        return EXIT_WARNING
+    if report["window"]["end_reason"] == "target exited":
+        return EXIT_PARTIAL
+    return EXIT_OK
 
 
 def _iso(timestamp: float) -> str:

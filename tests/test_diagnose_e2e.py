@@ -40,7 +40,7 @@ def test_rss_slope_matches_the_growth_rate():
     assert slope == pytest.approx(rate_mib, rel=0.2)
     memory = report["target"]["memory"]
     assert memory["seconds_to_limit"] is not None and memory["seconds_to_limit"] > 0
-    assert any(o["topic"] == "memory" for o in report["observations"])
+    assert any(f["rule_id"].startswith("oom-risk") for f in report["findings"])
 
 
 def test_oversubscribed_threads_wait_on_the_run_queue():
@@ -55,7 +55,8 @@ def test_oversubscribed_threads_wait_on_the_run_queue():
     assert many["threads"]["run_queue_wait_seconds_per_second"] > \
         one["threads"]["run_queue_wait_seconds_per_second"]
     assert many["threads"]["top_by_run_queue_wait"][0]["name"].startswith("busy_worker")
-    assert any("oversubscribed" in o["text"] for o in many["observations"])
+    assert any(f["rule_id"] == "thread-oversubscription" for f in many["findings"])
+    assert not any(f["severity"] != "info" for f in one["findings"])
 
 
 def test_io_rates_follow_a_writer(tmp_path):
@@ -68,7 +69,7 @@ def test_io_rates_follow_a_writer(tmp_path):
 
 
 def test_text_report_names_the_pools_and_the_limits():
-    with workload("threads", "--busy", "1", "--idle", "3") as target:
+    with workload("threads", "--busy", "2", "--idle", "3") as target:
         result = run_dsmon("diagnose", str(target.pid), "--duration", "1s", "--interval", "0.5s")
     assert result.returncode == 0, result.stderr
     text = result.stdout

@@ -432,11 +432,17 @@ POD_V2 = K8S_V2.rsplit("/", 1)[0]
 
 def _v2_host(fake_host, container_memory_max="max\n"):
     fake_host.add_smt_host()
-    fake_host.add_cgroup_v2("/kubepods.slice", {"memory.max": f"{60 * GIB}\n",
-                                                "cpu.max": "max 100000\n"})
+    fake_host.add_cgroup_v2("/kubepods.slice", {
+        "memory.max": f"{60 * GIB}\n", "memory.current": f"{20 * GIB}\n",
+        "memory.stat": memory_stat_v2(anon=19 * GIB, file=GIB, inactive_file=0),
+        "cpu.max": "max 100000\n"})
     fake_host.add_cgroup_v2("/kubepods.slice/kubepods-burstable.slice",
                             {"memory.max": "max\n", "cpu.max": "max 100000\n"})
-    fake_host.add_cgroup_v2(POD_V2, {"memory.max": f"{8 * GIB}\n", "cpu.max": "200000 100000\n"})
+    # The pod's usage includes a sidecar: its working set (6 GiB) exceeds the container's.
+    fake_host.add_cgroup_v2(POD_V2, {
+        "memory.max": f"{8 * GIB}\n", "memory.current": f"{7 * GIB}\n",
+        "memory.stat": memory_stat_v2(anon=5 * GIB, file=2 * GIB, inactive_file=GIB),
+        "cpu.max": "200000 100000\n"})
     fake_host.add_cgroup_v2(K8S_V2, {
         "memory.max": container_memory_max,
         "memory.current": f"{6 * GIB}\n",
@@ -465,10 +471,13 @@ def test_cgroup_v2_layout_and_sample(fake_host):
     assert layout.memory_v2 and layout.cpu_v2 and layout.cpuset_v2
     sample, unavailable = CgroupCollector(fake_host.paths, layout).collect()
     assert unavailable == {}
-    assert sample.version == "v2" and sample.path == directory
-    # the limit is set on the pod, two levels up, and is the smallest along the path
+    assert sample.version == "v2" and sample.path == K8S_V2
+    # The limit is set on the pod, one level up. What binds is the pod's own working set
+    # (usage 7 GiB - 1 GiB inactive file), which includes its other containers.
     assert sample.memory_limit_bytes == 8 * GIB
-    assert sample.memory_limit_at == fake_host.paths.sys("fs/cgroup") + POD_V2
+    assert sample.memory_limit_at == POD_V2
+    assert sample.limit_working_set_bytes == 6 * GIB
+    assert sample.memory_headroom_bytes == 2 * GIB
     assert sample.memory_usage_bytes == 6 * GIB
     assert sample.inactive_file_bytes == GIB + 4096
     assert sample.working_set_bytes == 5 * GIB - 4096
@@ -487,7 +496,8 @@ def test_cgroup_v2_smallest_limit_wins_at_leaf(fake_host):
     entries = _v2_host(fake_host, container_memory_max=f"{4 * GIB}\n")
     sample, _ = CgroupCollector(fake_host.paths, resolve_layout(fake_host.paths, entries)).collect()
     assert sample.memory_limit_bytes == 4 * GIB
-    assert sample.memory_limit_at == fake_host.paths.sys("fs/cgroup") + K8S_V2
+    assert sample.memory_limit_at == K8S_V2
+    assert sample.memory_headroom_bytes == 0   # working set 5 GiB - 4 KiB is over 4 GiB
 
 
 def test_cgroup_v2_unlimited(fake_host):
@@ -526,7 +536,10 @@ def _v1_host(fake_host, hybrid=False):
     fake_host.add_cgroup_v1("memory", "/kubepods", {"memory.limit_in_bytes": "9223372036854771712\n"})
     fake_host.add_cgroup_v1("memory", "/kubepods/burstable",
                             {"memory.limit_in_bytes": "9223372036854771712\n"})
-    fake_host.add_cgroup_v1("memory", V1_POD, {"memory.limit_in_bytes": f"{8 * GIB}\n"})
+    fake_host.add_cgroup_v1("memory", V1_POD, {
+        "memory.limit_in_bytes": f"{8 * GIB}\n", "memory.usage_in_bytes": f"{7 * GIB}\n",
+        "memory.stat": memory_stat_v1(rss=4 * GIB, cache=3 * GIB, inactive_file=GIB // 2,
+                                      total_inactive_file=3 * GIB, limit=8 * GIB)})
     fake_host.add_cgroup_v1("memory", V1_CONTAINER, {
         "memory.limit_in_bytes": "9223372036854771712\n",
         "memory.usage_in_bytes": f"{6 * GIB}\n",
@@ -568,7 +581,9 @@ def test_cgroup_v1_layout_and_sample(fake_host):
     sample, unavailable = CgroupCollector(fake_host.paths, layout).collect()
     assert unavailable == {}
     assert sample.memory_limit_bytes == 8 * GIB                 # the sentinel means unlimited
-    assert sample.memory_limit_at == f"{base}/memory{V1_POD}"
+    assert sample.memory_limit_at == V1_POD
+    assert sample.limit_working_set_bytes == 4 * GIB            # 7 GiB - 3 GiB total inactive
+    assert sample.memory_headroom_bytes == 4 * GIB
     assert sample.memory_usage_bytes == 6 * GIB
     assert sample.inactive_file_bytes == 2 * GIB                # total_, not the local counter
     assert sample.working_set_bytes == 4 * GIB
@@ -639,7 +654,10 @@ def _diagnose_host(fake_host, psi=True):
 
 
 def _v2_host_cgroups_only(fake_host):
-    fake_host.add_cgroup_v2(POD_V2, {"memory.max": f"{8 * GIB}\n", "cpu.max": "400000 100000\n"})
+    fake_host.add_cgroup_v2(POD_V2, {
+        "memory.max": f"{8 * GIB}\n", "memory.current": f"{6 * GIB}\n",
+        "memory.stat": memory_stat_v2(anon=4 * GIB, file=2 * GIB, inactive_file=GIB),
+        "cpu.max": "400000 100000\n"})
     fake_host.add_cgroup_v2(K8S_V2, {
         "memory.max": "max\n", "memory.current": f"{6 * GIB}\n",
         "memory.stat": memory_stat_v2(anon=4 * GIB, file=2 * GIB, inactive_file=GIB),
@@ -682,7 +700,7 @@ def test_diagnose_fake_host(fake_host, psi):
     assert target["exe"] == "/usr/bin/python3.11"
     assert (target["uid"], target["user"]) == (1000, "vllm")
     assert target["cgroup_version"] == "v2"
-    assert target["cgroup"] == fake_host.paths.sys("fs/cgroup") + K8S_V2
+    assert target["cgroup"] == K8S_V2       # as /proc/<pid>/cgroup names it, not a file path
     assert target["environment"] == {"OMP_NUM_THREADS": "64", "CUDA_VISIBLE_DEVICES": "0,1"}
     assert target["cpu"]["cores"] == 0.0
     assert target["effective_cpus"]["capacity_cores"] == 4.0
@@ -701,8 +719,10 @@ def test_diagnose_fake_host(fake_host, psi):
     threads = report["threads"]
     assert threads["listed"] == 3 and threads["tracked"] == 3
     assert threads["busy"] == 0
-    assert sorted(p["pool"] for p in threads["pools"]) == ["omp_worker_#", "pt (data) loader",
-                                                           "python#"]
+    # A pool whose threads all share one name keeps it: "python3", not "python#" (and a pool
+    # of one thread is that thread).
+    assert sorted(p["pool"] for p in threads["pools"]) == ["omp_worker_0", "pt (data) loader",
+                                                           "python3"]
 
     statuses = {name: entry["status"] for name, entry in report["collectors"].items()}
     assert set(statuses) >= {"topology", "environment", "numa_maps", "cpu", "memory",
@@ -714,4 +734,9 @@ def test_diagnose_fake_host(fake_host, psi):
     assert statuses["cpu"] == statuses["memory"] == statuses["process"] == "ok"
     assert statuses["threads"] == statuses["cgroup"] == "ok"
     assert isinstance(report["observations"], list)
-    assert any(o["topic"] == "thread settings" for o in report["observations"])
+    # OMP_NUM_THREADS=64 on 8 physical cores: the rules engine names it (pending: the window
+    # is shorter than the rule's `for:`), with the number to set in the hint; vLLM's own wording.
+    oversubscribed = [f for f in report["findings"] if f["rule_id"] == "thread-oversubscription"]
+    assert oversubscribed and oversubscribed[0]["state"] == "pending"
+    assert report["engine"] == "vllm"
+    assert "vLLM sizes its torch threads itself" in oversubscribed[0]["hint"]

@@ -577,8 +577,9 @@ def test_thread_settings_unset_and_bad_values():
         "MKL_NUM_THREADS='lots' is not a number; the runtime will ignore it",
         "OPENBLAS_NUM_THREADS=1 uses under half of the 16 usable physical cores; "
         "consider OPENBLAS_NUM_THREADS=13",
-        "OMP_NUM_THREADS is unset: OpenMP/PyTorch default to one thread per visible logical "
-        "CPU (32); set OMP_NUM_THREADS=13 (85% of 16 physical cores)",
+        "OMP_NUM_THREADS is unset: OpenMP sizes its pool to the 32 visible CPUs unless the "
+        "program sets it (torch.set_num_threads); 13 threads is 85% of the 16 usable physical "
+        "cores",
     ]
 
 

@@ -63,20 +63,23 @@ class CgroupLayout:
     cpuset: str | None = None
     cpuset_v2: bool = False
     unified: str | None = None             # the v2 directory (for PSI), if any
+    cgroup_path: str | None = None         # as /proc/<pid>/cgroup names it, e.g. /system.slice/x
     mount_roots: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def display_path(self) -> str | None:
-        return self.memory or self.unified or self.cpu
+        return self.cgroup_path
 
 
 @dataclass
 class CgroupSample:
     version: str
     path: str | None
-    memory_limit_bytes: int | None = None     # effective (smallest along the path); None = none
-    memory_limit_at: str | None = None        # the directory that sets it
+    memory_limit_bytes: int | None = None     # the binding limit along the path; None = none
+    memory_limit_at: str | None = None        # the cgroup (path as in /proc/<pid>/cgroup) setting it
+    memory_headroom_bytes: int | None = None  # room before the binding level reaches its limit
+    limit_working_set_bytes: int | None = None  # working set of the level that sets the limit
     memory_usage_bytes: int | None = None
     inactive_file_bytes: int | None = None
     working_set_bytes: int | None = None      # usage - inactive file: what cannot be dropped
@@ -105,6 +108,8 @@ def resolve_layout(paths: HostPaths, entries: list[tuple[str, list[str], str]]) 
     else:
         version = "v2" if v2_path is not None else "none"
     layout = CgroupLayout(version)
+    memory_entry = next((path for _, controllers, path in entries if "memory" in controllers), None)
+    layout.cgroup_path = memory_entry or v2_path or next((p for _, c, p in entries if c), None)
 
     if v2_path is not None:
         unified_root = base if pure_v2 else os.path.join(base, "unified")
@@ -146,6 +151,13 @@ def resolve_layout(paths: HostPaths, entries: list[tuple[str, list[str], str]]) 
         if layout.cpuset is None and os.path.exists(os.path.join(unified, "cpuset.cpus.effective")):
             layout.cpuset, layout.cpuset_v2 = unified, True
     return layout
+
+
+def _inactive_file(directory: str, v2: bool) -> int | None:
+    stat = parse_flat_keyed(read_text(os.path.join(directory, "memory.stat")))
+    # v1's total_ counters include descendants, like usage_in_bytes does.
+    return stat.get("inactive_file") if v2 else stat.get("total_inactive_file",
+                                                         stat.get("inactive_file"))
 
 
 def _join(root: str, cgroup_path: str) -> str:
@@ -193,22 +205,36 @@ class CgroupCollector:
         v2 = self.layout.memory_v2
         root = self.layout.mount_roots.get("memory", directory)
         limit_file = "memory.max" if v2 else "memory.limit_in_bytes"
+        usage_file = "memory.current" if v2 else "memory.usage_in_bytes"
+        sample.memory_usage_bytes = int(read_text(os.path.join(directory, usage_file)))
+        inactive = _inactive_file(directory, v2)
+        sample.inactive_file_bytes = inactive
+        if inactive is not None:
+            sample.working_set_bytes = max(0, sample.memory_usage_bytes - inactive)
+        # The kernel OOM-kills when any level on the path reaches its own limit, and a parent's
+        # usage includes its other children: the binding level is the one with least headroom.
         for level in _ancestors(directory, root):
             try:
                 limit = parse_limit(read_text(os.path.join(level, limit_file)))
             except Missing:
                 continue  # the v2 root has no memory.max
-            if limit is not None and (sample.memory_limit_bytes is None
-                                      or limit < sample.memory_limit_bytes):
-                sample.memory_limit_bytes, sample.memory_limit_at = limit, level
-        usage_file = "memory.current" if v2 else "memory.usage_in_bytes"
-        sample.memory_usage_bytes = int(read_text(os.path.join(directory, usage_file)))
-        stat = parse_flat_keyed(read_text(os.path.join(directory, "memory.stat")))
-        inactive = stat.get("inactive_file") if v2 else stat.get("total_inactive_file",
-                                                                  stat.get("inactive_file"))
-        sample.inactive_file_bytes = inactive
-        if inactive is not None:
-            sample.working_set_bytes = max(0, sample.memory_usage_bytes - inactive)
+            if limit is None:
+                continue
+            if level == directory:
+                level_set = sample.working_set_bytes
+            else:
+                level_usage = int(read_text(os.path.join(level, usage_file)))
+                level_inactive = _inactive_file(level, v2)
+                level_set = max(0, level_usage - (level_inactive or 0))
+            if level_set is None:
+                continue
+            headroom = max(0, limit - level_set)
+            if sample.memory_headroom_bytes is None or headroom < sample.memory_headroom_bytes:
+                sample.memory_headroom_bytes = headroom
+                sample.memory_limit_bytes = limit
+                sample.limit_working_set_bytes = level_set
+                relative = os.path.relpath(level, root)
+                sample.memory_limit_at = "/" if relative == "." else "/" + relative
         events_file = "memory.events" if v2 else "memory.oom_control"
         try:
             events = parse_flat_keyed(read_text(os.path.join(directory, events_file)))

@@ -38,12 +38,22 @@ def render_text(report: dict) -> str:
             + (f" at {window['target_exited_at']}" if window.get("target_exited_at") else ""))
     out("")
 
+    findings = report.get("findings") or []
+    out("== Findings" + (f" (engine: {report['engine']})" if report.get("engine") else ""))
+    if not findings:
+        out("  none: no rule matched this window")
+    for finding in findings:
+        out(f"  [{finding['severity'].upper()} {finding['state']}] {finding['rule_id']}: "
+            f"{finding['summary']}")
+        for item in finding["evidence"]:
+            out(f"      evidence: {item['text']}")
+        out(f"      fix: {finding['hint']}")
     observations = report.get("observations") or []
-    out("== What stands out")
-    if not observations:
-        out("  nothing unusual in this window")
-    for item in observations:
-        out(f"  [{item['severity']}] {item['topic']}: {item['text']}")
+    if observations:
+        out("")
+        out("== Notes")
+        for item in observations:
+            out(f"  [{item['severity']}] {item['topic']}: {item['text']}")
     out("")
 
     out("== Host")
@@ -134,6 +144,8 @@ def render_text(report: dict) -> str:
                                                or "none of the known variables set"))
         out(f"  recommended compute threads: {settings.get('recommended_threads')} "
             f"(85% of {settings.get('usable_physical_cores')} usable physical cores)")
+        for advice in settings.get("advice", []):
+            out(f"    {advice}")
         out("")
 
     if threads:

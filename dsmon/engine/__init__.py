@@ -1,0 +1,1 @@
+"""The rules engine: features over windows, rules as data, findings with evidence."""

@@ -1,0 +1,61 @@
+"""One target's rule evaluation over time: features in, findings out. Shared by every driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsmon.engine.engines import detect_engine
+from dsmon.engine.evaluate import Engine, Finding
+from dsmon.engine.features import FeatureExtractor, FeatureStore
+from dsmon.engine.rules import SEVERITY_RANK, Rule
+
+# Feature history is kept a little longer than the longest rule window.
+RETENTION_MARGIN_S = 5.0
+
+
+@dataclass
+class Transition:
+    mono_ts: float
+    rule_id: str
+    severity: str
+    state: str
+
+
+@dataclass
+class RuleMonitor:
+    static: object
+    rules: list[Rule]
+    transitions: list[Transition] = field(default_factory=list)
+
+    def __post_init__(self):
+        identity = self.static.identity
+        self.extractor = FeatureExtractor(self.static)
+        self.extractor.context["engine"] = detect_engine(identity.cmdline, identity.exe,
+                                                         identity.comm)
+        retention = max((rule.longest_window_s for rule in self.rules), default=0.0)
+        self.store = FeatureStore(retention + RETENTION_MARGIN_S)
+        self.engine = Engine(self.rules)
+
+    @property
+    def engine_name(self) -> str:
+        return self.extractor.context["engine"]
+
+    def observe(self, tick) -> list[Finding]:
+        if tick.data("process") is None:
+            return []
+        self.store.add(tick.mono_ts, self.extractor.update(tick))
+        changed = self.engine.evaluate(self.store, tick.mono_ts, tick.wall_ts,
+                                       self.extractor.context)
+        for finding in changed:
+            self.transitions.append(Transition(tick.mono_ts, finding.rule_id, finding.severity,
+                                               finding.state))
+        return changed
+
+    def findings(self) -> list[Finding]:
+        """Active findings, then those resolved during the window; most severe first."""
+        resolved = sorted(self.engine.history, key=lambda f: -SEVERITY_RANK[f.severity])
+        return self.engine.current() + resolved
+
+    def worst_firing(self) -> str | None:
+        firing = [f.severity for f in self.engine.current() if f.state == "firing"]
+        return max(firing, key=SEVERITY_RANK.get) if firing else None
