@@ -1,0 +1,319 @@
+"""The rules engine: aggregation, hysteresis, templates, strict loading, overrides, the CLI,
+and rules driven by collectors on fixture trees (NUMA misplacement on a 2-node host)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from dsmon.engine.evaluate import Engine, aggregate
+from dsmon.engine.features import FeatureStore
+from dsmon.engine.monitor import RuleMonitor
+from dsmon.engine.rules import RuleLoadError, load_rules, parse_rule_text
+from dsmon.sampler import TargetSampler
+from fixturetree import FakeThread
+from tests.helpers.spawn import run_dsmon
+
+
+def rules_from(text: str):
+    problems: list[str] = []
+    rules = parse_rule_text(textwrap.dedent(text), "test.yaml", problems)
+    assert problems == []
+    return rules
+
+
+SPIKE_RULE = """
+rules:
+  - id: busy-spike
+    severity: warning
+    window: 3s
+    for: 3s
+    keep_firing_for: 4s
+    when:
+      all:
+        - {feature: cpu_cores, agg: last, op: ">", value: 1.5}
+    summary: "$comm uses $cpu_cores cores"
+    hint: "generic fix for $comm"
+    hints:
+      vllm: "vllm fix with $recommended_threads threads"
+"""
+
+
+def drive(engine: Engine, series: list[float | None], context=None, extra=None):
+    """Feed one cpu_cores value per second; return the state of busy-spike after each."""
+    store = FeatureStore(60)
+    states = []
+    for second, value in enumerate(series):
+        values = {"cpu_cores": value, "recommended_threads": 3.0, **(extra or {})}
+        store.add(float(second), values)
+        engine.evaluate(store, float(second), 1000.0 + second, context or {"comm": "srv"})
+        finding = engine.active.get("busy-spike")
+        states.append(finding.state if finding else "-")
+    return states
+
+
+@pytest.mark.parametrize("agg, points, expected", [
+    ("last", [(0, 1), (1, 5)], 5), ("min", [(0, 3), (1, 2), (2, 4)], 2),
+    ("max", [(0, 3), (1, 7)], 7), ("avg", [(0, 1), (1, 3)], 2),
+    ("delta", [(0, 10), (5, 25)], 15), ("rate", [(0, 10), (5, 25)], 3),
+    ("slope", [(0, 0), (1, 2), (2, 4)], 2), ("count", [(0, 1), (1, 1)], 2),
+    ("delta", [(0, 10), (1, 4)], None),          # a counter that went backwards: no delta
+    ("rate", [(0, 10)], None), ("last", [], None),
+])
+def test_aggregations(agg, points, expected):
+    value = aggregate(agg, [(float(t), float(v)) for t, v in points])
+    assert value == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_stddev_aggregation():
+    assert aggregate("stddev", [(0.0, 1.0), (1.0, 1.0), (2.0, 1.0)]) == 0.0
+    assert aggregate("stddev", [(0.0, 0.0), (1.0, 2.0)]) == pytest.approx(1.4142, rel=1e-3)
+
+
+def test_pending_then_firing_then_resolved_after_keep_firing_for():
+    engine = Engine(rules_from(SPIKE_RULE))
+    states = drive(engine, [0.1, 2.0, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert states[0] == "-"
+    assert states[1:4] == ["pending"] * 3         # true since t=1
+    assert states[4:6] == ["firing"] * 2          # held for 3 s at t=4
+    # Last true at t=5; like Prometheus, keep_firing_for (4 s) counts from then.
+    assert states[6:9] == ["firing"] * 3
+    assert states[9:] == ["-"] * 3                # resolved at t=9
+    assert [f.state for f in engine.history] == ["resolved"]
+    assert engine.history[0].fired_at == 4.0 and engine.history[0].resolved_at == 9.0
+
+
+def test_a_single_spike_does_not_fire():
+    engine = Engine(rules_from(SPIKE_RULE))
+    states = drive(engine, [0.1, 0.1, 6.0, 0.1, 0.1, 0.1, 0.1])
+    assert states == ["-", "-", "pending", "-", "-", "-", "-"]
+    # A dip shorter than `for` resets the clock: spikes that come and go never fire.
+    assert "firing" not in drive(Engine(rules_from(SPIKE_RULE)), [2.0, 2.0, 0.1] * 4)
+
+
+def test_missing_data_never_fires():
+    engine = Engine(rules_from(SPIKE_RULE))
+    assert set(drive(engine, [None] * 10)) == {"-"}
+
+
+def test_none_group_with_unknown_data_is_true_but_all_needs_data():
+    rules = rules_from("""
+    rules:
+      - id: no-io-cause
+        severity: info
+        window: 5s
+        when:
+          all:
+            - {feature: cpu_cores, agg: last, op: ">=", value: 0}
+            - none:
+                - {feature: d_state_ratio, agg: avg, op: ">=", value: 0.1}
+        summary: s
+        hint: h
+    """)
+    engine = Engine(rules)
+    store = FeatureStore(30)
+    store.add(0.0, {"cpu_cores": 1.0, "d_state_ratio": None})
+    engine.evaluate(store, 0.0, 0.0, {})
+    assert "no-io-cause" in engine.active
+    store.add(1.0, {"cpu_cores": 1.0, "d_state_ratio": 0.5})
+    engine.evaluate(store, 1.0, 1.0, {})
+    assert "no-io-cause" not in engine.active
+
+
+def test_templates_are_filled_with_formatted_values_and_engine_hints():
+    engine = Engine(rules_from(SPIKE_RULE))
+    drive(engine, [2.0] * 5, context={"comm": "vllm-worker", "engine": "vllm"})
+    finding = engine.active["busy-spike"]
+    assert finding.summary == "vllm-worker uses 2.00 cores"
+    assert finding.hint == "vllm fix with 3 threads"
+    evidence = [e.as_dict() for e in finding.evidence]
+    assert evidence[0]["feature"] == "cpu_cores" and evidence[0]["met"] is True
+    assert evidence[0]["threshold"] == 1.5 and evidence[0]["window_seconds"] == 3.0
+    other = Engine(rules_from(SPIKE_RULE))
+    drive(other, [2.0] * 5, context={"comm": "srv", "engine": "tgi"})
+    assert other.active["busy-spike"].hint == "generic fix for srv"
+
+
+def test_value_of_compares_two_features():
+    rules = rules_from("""
+    rules:
+      - id: more-busy-than-cores
+        severity: warning
+        window: 2s
+        when:
+          all:
+            - {feature: busy_threads, agg: min, op: ">", value_of: {feature: effective_physical_cores, factor: 1.0, offset: 0}}
+        summary: s
+        hint: h
+    """)
+    engine = Engine(rules)
+    store = FeatureStore(30)
+    for t, busy in enumerate([3, 3, 3]):
+        store.add(float(t), {"busy_threads": busy, "effective_physical_cores": 2})
+    engine.evaluate(store, 2.0, 2.0, {})
+    assert "more-busy-than-cores" in engine.active
+    assert engine.active["more-busy-than-cores"].evidence[0].threshold == 2
+
+
+# ------------------------------------------------------------------ strict loading
+
+MALFORMED = [
+    ("rules: [\n  - id: x\n    severity: [", "not valid YAML at line"),
+    ("- just\n- a list\n", "the file must be a mapping with a 'rules' list"),
+    ("rules: {id: x}\n", "'rules' must be a list"),
+    ("rules:\n  - just-a-string\n", "a rule must be a mapping"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: 1}, colour: red}\n", "unknown key(s) colour"),
+    ("rules:\n  - {id: Bad_Id, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "id must be lower-case"),
+    ("rules:\n  - {id: a-b, severity: urgent, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "severity 'urgent' is not one of"),
+    ("rules:\n  - {id: a-b, severity: info, hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "summary is required"),
+    ("rules:\n  - {id: a-b, severity: info, summary: 'uses $nonsense', hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "unknown placeholder $nonsense"),
+    ("rules:\n  - {id: a-b, severity: info, summary: 'costs $5', hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "a '$' that is not a placeholder"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: gpu_magic, op: '>', value: 1}}\n", "unknown feature 'gpu_magic'"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, agg: median, op: '>', value: 1}}\n", "unknown aggregation 'median'"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '=>', value: 1}}\n", "op '=>' is not one of"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '>'}}\n", "give exactly one of value or value_of"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: lots}}\n", "must be a number"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, for: soon, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "'soon' is not a duration"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '>', value: 1, window: 10 seconds}}\n", "is not a duration"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, hints: {kserve: x}, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "unknown engine 'kserve'"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{all: [], any: []}}\n", "a group has exactly one key"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: {all: []}}\n",
+     "must be a non-empty list"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h}\n", "when is required"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
+     "{feature: cpu_cores, op: '>', value_of: {feature: threads, agg: p99}}}\n",
+     "value_of: agg must be last, min, max or avg"),
+    ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, capture: core, when: "
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "capture 'core' is not one of"),
+]
+
+
+@pytest.mark.parametrize("text, message", MALFORMED)
+def test_every_class_of_malformed_rule_has_a_clear_message(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([path], include_builtin=False)
+    joined = "\n".join(caught.value.problems)
+    assert message in joined
+    assert str(path) in joined
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    (tmp_path / "a.yaml").write_text(textwrap.dedent("""
+    rules:
+      - {id: first-bad, severity: loud, summary: s, hint: h, when: {feature: cpu_cores, op: '>', value: 1}}
+      - {id: second-bad, severity: info, summary: s, hint: h, when: {feature: nope, op: '>', value: 1}}
+      - {id: fine, severity: info, summary: s, hint: h, when: {feature: cpu_cores, op: '>', value: 1}}
+    """))
+    (tmp_path / "b.yaml").write_text("rules:\n  - {id: fine, severity: info}\n")
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([tmp_path], include_builtin=False)
+    problems = caught.value.problems
+    assert any("a.yaml: rule first-bad: severity" in p for p in problems)
+    assert any("a.yaml: rule second-bad: " in p and "unknown feature 'nope'" in p for p in problems)
+    assert any("b.yaml: rule fine: summary is required" in p for p in problems)
+    assert len(problems) >= 4
+
+
+def test_duplicate_ids_in_one_directory_and_unknown_disable(tmp_path):
+    rule = "{id: twin, severity: info, summary: s, hint: h, when: {feature: cpu_cores, op: '>', value: 1}}"
+    (tmp_path / "a.yaml").write_text(f"rules:\n  - {rule}\n")
+    (tmp_path / "b.yaml").write_text(f"rules:\n  - {rule}\ndisable: [no-such-rule]\n")
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([tmp_path], include_builtin=False)
+    assert any("rule twin: duplicate id" in p for p in caught.value.problems)
+    assert any("disable: no rule with id no-such-rule" in p for p in caught.value.problems)
+
+
+def test_user_rules_override_and_disable_builtin_ones(tmp_path):
+    builtin = {rule.id: rule for rule in load_rules()}
+    assert "oom-risk-critical" in builtin and "numa-spread" in builtin
+    (tmp_path / "site.yaml").write_text(textwrap.dedent("""
+    rules:
+      - id: oom-risk-critical
+        severity: critical
+        summary: "site policy: $comm near its memory limit"
+        hint: "page the on-call"
+        when: {feature: memory_limit_ratio, agg: last, op: ">=", value: 0.9}
+    disable: [numa-spread]
+    """))
+    merged = {rule.id: rule for rule in load_rules([tmp_path])}
+    assert merged["oom-risk-critical"].hint == "page the on-call"
+    assert "numa-spread" not in merged
+    assert len(merged) == len(builtin) - 1
+
+
+def test_the_shipped_rules_load_and_every_rule_is_documented():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "rules.md").read_text()
+    for rule in load_rules():
+        assert f"`{rule.id}`" in doc, f"{rule.id} is not in docs/rules.md"
+        assert rule.description, rule.id
+
+
+def test_rules_cli(tmp_path):
+    ok = run_dsmon("rules", "check")
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: ")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {id: x-y, severity: loud}\n")
+    result = run_dsmon("rules", "check", str(bad))
+    assert result.returncode == 8
+    assert "rule x-y: severity 'loud'" in result.stderr and "problem(s)" in result.stderr
+    listing = run_dsmon("rules", "list")
+    assert "thread-oversubscription" in listing.stdout and "oom-risk-critical" in listing.stdout
+    explained = run_dsmon("rules", "explain", "numa-misplacement")
+    assert explained.returncode == 0
+    assert "numa_local_ratio" in explained.stdout and "numactl" in explained.stdout
+    assert run_dsmon("rules", "explain", "no-such-rule").returncode == 2
+    diagnose_bad = run_dsmon("diagnose", "1", "--rules", str(bad), "--duration", "1s")
+    assert diagnose_bad.returncode == 8 and "cannot load rules" in diagnose_bad.stderr
+
+
+# ------------------------------------------------------------------ rules on collector data
+
+def test_numa_misplacement_names_the_node_to_bind(fake_host):
+    """Threads run on node 0 while the memory sits on node 1 of a 2-socket host."""
+    fake_host.add_smt_host()                     # node 0: cpus 0-3,8-11; node 1: 4-7,12-15
+    fake_host.set_hostname()
+    fake_host.set_meminfo(MemTotal=64 * 2**20, MemFree=32 * 2**20, MemAvailable=40 * 2**20)
+    numa_maps = ("7f1c00000000 default anon=262144 dirty=262144 N1=250000 N0=12144 "
+                 "kernelpagesize_kB=4\n")
+    workers = [FakeThread(901, "omp_worker_0", "R", processor=0),
+               FakeThread(902, "omp_worker_1", "R", processor=1)]
+    fake_host.add_process(900, threads=workers, numa_maps=numa_maps, cpus_allowed=range(16),
+                          mems_allowed=(0, 1))
+    sampler = TargetSampler(fake_host.paths, 900)
+    static = sampler.static()
+    monitor = RuleMonitor(static, load_rules())
+    for second in range(12):
+        for worker in workers:
+            worker.utime += 90       # 0.9 s of CPU per second on node 0
+            fake_host.add_thread(900, worker, cpus_allowed=range(16), nr_cpus=16)
+        tick = sampler.tick()
+        tick.mono_ts = float(second)          # a simulated 1 s cadence
+        monitor.observe(tick)
+    sampler.close()
+    active = {f.rule_id: f for f in monitor.engine.current()}
+    assert "numa-misplacement" in active and active["numa-misplacement"].state == "firing"
+    finding = active["numa-misplacement"]
+    assert "numactl --cpunodebind=1 --membind=1" in finding.hint
+    assert "node 0" in finding.summary and "node 1" in finding.summary
+    local = [e for e in finding.evidence if e.feature == "numa_local_ratio"][0]
+    assert local.value < 0.1
