@@ -282,20 +282,37 @@ def effective_cpus(topology: Topology | None, affinity: list[int] | None,
             "quota_cores": quota_cores, "capacity_cores": round(capacity, 3), "numa_nodes": nodes}
 
 
-def thread_settings(environment: dict[str, str] | None, physical_cores: int | None,
-                    capacity_cores: float, logical_cpus: int) -> dict:
-    """The threading environment against the cores the process can really use."""
-    advice: list[str] = []
+def usable_physical_cores(physical_cores: int | None, capacity_cores: float,
+                          logical_cpus: int) -> int:
+    """Physical cores the process can keep busy: its cores, capped by a CPU quota."""
+    return max(1, min(physical_cores or logical_cpus or 1, math.floor(capacity_cores) or 1))
+
+
+def recommended_threads(usable: int) -> int:
+    """The seed's rule: compute threads at 80-90% of the physical cores (85%, at least 1)."""
+    return max(1, math.floor(usable * THREADS_PER_PHYSICAL_CORE))
+
+
+def configured_threads(environment: dict[str, str] | None) -> tuple[dict[str, int], list[str]]:
+    """Thread counts set by OMP/MKL/... variables, and complaints about unusable values."""
     configured: dict[str, int] = {}
+    problems: list[str] = []
     for name in THREAD_COUNT_VARIABLES:
         raw = (environment or {}).get(name)
         if raw is not None:
             try:
                 configured[name] = int(raw.split(",")[0])
             except ValueError:
-                advice.append(f"{name}={raw!r} is not a number; the runtime will ignore it")
-    usable = min(physical_cores or logical_cpus, math.floor(capacity_cores) or 1)
-    recommended = max(1, math.floor(usable * THREADS_PER_PHYSICAL_CORE)) if usable > 1 else 1
+                problems.append(f"{name}={raw!r} is not a number; the runtime will ignore it")
+    return configured, problems
+
+
+def thread_settings(environment: dict[str, str] | None, physical_cores: int | None,
+                    capacity_cores: float, logical_cpus: int) -> dict:
+    """The threading environment against the cores the process can really use."""
+    configured, advice = configured_threads(environment)
+    usable = usable_physical_cores(physical_cores, capacity_cores, logical_cpus)
+    recommended = recommended_threads(usable)
     for name, value in configured.items():
         if value > max(usable, 1):
             advice.append(f"{name}={value} exceeds the {usable} physical cores this process can use; "
@@ -330,7 +347,7 @@ def analyse(static: StaticFacts, ticks: list[Tick], numa_end=None) -> dict:
         numa["cpu_seconds_by_node"] = threads["cpu_seconds_by_node"]
         numa["memory_local_ratio"] = _local_ratio(numa)
     return {"host": host, "target": target, "threads": threads,
-            "timeline": _timeline(ok_ticks, hz)}
+            "timeline": _timeline(ok_ticks)}
 
 
 def _host_section(static: StaticFacts, ticks: list[Tick], topology: Topology | None) -> dict:
@@ -514,26 +531,21 @@ def _local_ratio(numa: dict) -> float | None:
                      for n in nodes), 4)
 
 
-def _timeline(ticks: list[Tick], hz: int) -> list[dict]:
-    """Per-interval series for charts: target CPU, run-queue wait, RSS, thread states, cores."""
+def _timeline(ticks: list[Tick]) -> list[dict]:
+    """Per interval, what charts need beyond the features: thread states and per-core busy.
+
+    The target's own series (CPU, run-queue wait, memory, ...) are the rules engine's features
+    and are merged in by the driver, so each signal has one implementation.
+    """
     points = []
     for before, after in zip(ticks, ticks[1:]):
-        span = after.mono_ts - before.mono_ts
-        if span <= 0:
+        if after.mono_ts <= before.mono_ts:
             continue
-        a, b = before.data("process"), after.data("process")
-        entry = {"t": round(after.mono_ts - ticks[0].mono_ts, 3),
-                 "cpu_cores": _round((b.utime_s + b.stime_s - a.utime_s - a.stime_s) / span),
-                 "rss_bytes": b.rss_bytes}
-        sweep_a, sweep_b = before.data("threads"), after.data("threads")
-        if sweep_a and sweep_b:
-            waits_a = {(t.tid, t.start_ticks): t.wait_ns for t in sweep_a.threads}
-            wait = [t.wait_ns - waits_a[(t.tid, t.start_ticks)] for t in sweep_b.threads
-                    if t.wait_ns is not None and waits_a.get((t.tid, t.start_ticks)) is not None]
-            entry["run_queue_wait_seconds_per_second"] = _round(sum(max(0, w) for w in wait) / 1e9 / span) \
-                if wait else None
+        entry: dict = {"t": round(after.mono_ts - ticks[0].mono_ts, 3), "mono_ts": after.mono_ts}
+        sweep = after.data("threads")
+        if sweep is not None:
             states: dict[str, int] = {}
-            for thread in sweep_b.threads:
+            for thread in sweep.threads:
                 states[thread.state] = states.get(thread.state, 0) + 1
             entry["threads_by_state"] = states
         cpu_a, cpu_b = before.data("cpu"), after.data("cpu")

@@ -18,6 +18,14 @@ from dsmon.sampler import TargetSampler, Tick
 
 SCHEMA_VERSION = 1
 
+# Feature series copied into the report's per-interval timeline (for charts).
+TIMELINE_FEATURES = ("cpu_cores", "cpu_utilisation_ratio", "runnable_waiting_ratio",
+                     "run_queue_wait_seconds_per_second", "busy_threads", "running_threads",
+                     "d_state_threads", "rss_bytes", "working_set_bytes", "memory_headroom_bytes",
+                     "read_bytes_per_second", "write_bytes_per_second", "rchar_per_second",
+                     "cpu_throttled_ratio", "involuntary_switches_per_second",
+                     "psi_cpu_some_ratio", "psi_memory_some_ratio", "psi_io_some_ratio")
+
 # Exit codes, documented in the README.
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -100,6 +108,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     finally:
         sampler.close()
     body = analyse(static, ticks, numa_end)
+    for entry in body["timeline"]:
+        features = monitor.history.get(entry.pop("mono_ts"), {})
+        entry.update({name: features.get(name) for name in TIMELINE_FEATURES})
     live = [t for t in ticks if t.data("process") is not None]
     elapsed = live[-1].mono_ts - live[0].mono_ts if len(live) > 1 else 0.0
     batches = [static.topology, static.environment, static.numa_start]

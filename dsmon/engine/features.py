@@ -7,11 +7,11 @@ not be measured in that tick; aggregations skip None, and a rule never reads Non
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
-from dsmon.analysis import THREAD_COUNT_VARIABLES, THREADS_PER_PHYSICAL_CORE, effective_cpus, linear_slope
+from dsmon.analysis import (configured_threads, effective_cpus, linear_slope, recommended_threads,
+                            usable_physical_cores)
 
 BUSY_CORES = 0.10          # a thread using this share of a CPU in an interval is busy
 ACTIVE_CORES = 0.03        # ... and this share is active (e.g. takes turns on the GIL)
@@ -110,11 +110,7 @@ class FeatureExtractor:
         self.static = static
         self.topology = static.topology.data if static.topology.ok else None
         env = static.environment.data if static.environment.ok else None
-        configured = {}
-        for name in THREAD_COUNT_VARIABLES:
-            raw = (env or {}).get(name)
-            if raw and raw.split(",")[0].strip().isdigit():
-                configured[name] = int(raw.split(",")[0])
+        configured, _ = configured_threads(env)
         self.configured = configured
         self.context: dict[str, str] = {
             "target": static.identity.comm, "pid": str(static.identity.pid),
@@ -153,8 +149,8 @@ class FeatureExtractor:
             "cpu_quota_cores": effective["quota_cores"],
             "threads": process.num_threads,
             "configured_threads": max(self.configured.values()) if self.configured else None,
-            "recommended_threads": max(1, math.floor(min(physical, effective["capacity_cores"] or 1)
-                                                      * THREADS_PER_PHYSICAL_CORE)),
+            "recommended_threads": recommended_threads(usable_physical_cores(
+                physical, effective["capacity_cores"], effective["count"])),
             "python_target": 1.0 if self.python else 0.0,
             "rss_bytes": process.rss_bytes,
             "numa_nodes": len(topology.nodes) if topology and topology.nodes else 1,

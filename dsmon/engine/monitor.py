@@ -26,6 +26,7 @@ class RuleMonitor:
     static: object
     rules: list[Rule]
     transitions: list[Transition] = field(default_factory=list)
+    history: dict[float, dict] = field(default_factory=dict)   # mono_ts -> feature values
 
     def __post_init__(self):
         identity = self.static.identity
@@ -43,7 +44,9 @@ class RuleMonitor:
     def observe(self, tick) -> list[Finding]:
         if tick.data("process") is None:
             return []
-        self.store.add(tick.mono_ts, self.extractor.update(tick))
+        values = self.extractor.update(tick)
+        self.history[tick.mono_ts] = values
+        self.store.add(tick.mono_ts, values)
         changed = self.engine.evaluate(self.store, tick.mono_ts, tick.wall_ts,
                                        self.extractor.context)
         for finding in changed:
