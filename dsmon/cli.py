@@ -141,6 +141,77 @@ def snapshot(pid, output, paths):
                   if summary.skipped else ""))
 
 
+@main.command()
+@click.option("--config", "config_path", default=None, envvar="DSMON_CONFIG",
+              help="TOML configuration (default /etc/dsmon/dsmon.toml if it exists)")
+@click.option("--listen", default=None, help="HOST:PORT for /metrics (default 127.0.0.1:9848)")
+@click.option("--interval", type=Duration(), default=None, help="sampling interval (1s)")
+@click.option("--rules-interval", type=Duration(), default=None, help="rule evaluation (1s)")
+@click.option("--discovery-interval", type=Duration(), default=None, help="target discovery (10s)")
+@click.option("--target", "targets", multiple=True,
+              help="NAME=pid:N | NAME=pidfile:PATH | NAME=unit:X.service | NAME=pattern:REGEX "
+                   "| auto (repeatable; default auto)")
+@click.option("--rules", "rule_paths", multiple=True, type=click.Path(),
+              help="extra rule directory or file (repeatable)")
+@click.option("--disable-rule", "disabled", multiple=True, help="rule id to skip")
+@click.option("--max-series", type=click.IntRange(1), default=None, help="series cap (50000)")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+@host_path_options
+def agent(config_path, listen, interval, rules_interval, discovery_interval, targets, rule_paths,
+          disabled, max_series, log_level, paths):
+    """Run the monitoring agent: sample targets, evaluate rules, serve /metrics.
+
+    Signals: SIGHUP reloads the configuration and rules (a broken file keeps the running
+    ones); SIGTERM stops within 2 s. Under systemd (Type=notify) it sends READY=1 after the
+    first sample and WATCHDOG=1 after each good sampling cycle.
+    """
+    from dsmon.agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_target
+    from dsmon.agent.daemon import Agent, run_forever
+    from dsmon.agent.logs import setup_logging
+    from dsmon.diagnose import EXIT_RULES
+    from dsmon.engine.rules import RuleLoadError, load_rules
+
+    setup_logging(log_level)
+
+    def load():
+        config = load_config(config_path or DEFAULT_CONFIG_PATH, required=config_path is not None)
+        problems: list[str] = []
+        specs = tuple(filter(None, (parse_target(t, "--target", problems) for t in targets)))
+        if problems:
+            raise ConfigError(problems)
+        config = config.with_overrides(
+            listen=listen, interval_s=interval, rules_interval_s=rules_interval,
+            discovery_interval_s=discovery_interval, targets=specs, max_series=max_series,
+            rule_paths=tuple(config.rule_paths) + tuple(rule_paths),
+            disabled_rules=tuple(config.disabled_rules) + tuple(disabled),
+            procfs=paths.procfs if paths.procfs != "/proc" else None,
+            sysfs=paths.sysfs if paths.sysfs != "/sys" else None,
+            rootfs=paths.rootfs if paths.rootfs != "/" else None)
+        rules = [r for r in load_rules(config.rule_paths) if r.id not in set(config.disabled_rules)]
+        return config, rules
+
+    try:
+        config, loaded_rules = load()
+    except ConfigError as exc:
+        click.echo("dsmon: invalid configuration:\n" + "\n".join(f"  {p}" for p in exc.problems),
+                   err=True)
+        sys.exit(EXIT_USAGE_CONFIG)
+    except RuleLoadError as exc:
+        click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
+                   err=True)
+        sys.exit(EXIT_RULES)
+    try:
+        sys.exit(run_forever(Agent(config, loaded_rules), load))
+    except OSError as exc:
+        click.echo(f"dsmon: cannot listen on {config.listen}: {exc.strerror}", err=True)
+        sys.exit(EXIT_LISTEN)
+
+
+EXIT_USAGE_CONFIG = 9
+EXIT_LISTEN = 10
+
+
 @main.group()
 def rules():
     """Check, list and explain dsmon's rules (rules/dsmon/*.yaml and your own)."""

@@ -47,7 +47,18 @@ class StaticFacts:
     cgroup_layout: CgroupLayout
     numa_start: Batch
     hz: int
+    paths: HostPaths | None = None
     notes: list[str] = field(default_factory=list)
+
+
+class HostSampler:
+    """Runs the host-wide collectors once per tick, shared by every target of an agent."""
+
+    def __init__(self, paths: HostPaths):
+        self.collectors = [cls(paths) for cls in HOST_COLLECTORS]
+
+    def sample(self) -> dict[str, Batch]:
+        return {c.name: run_collector(c.name, c.collect) for c in self.collectors}
 
 
 class TargetNotFound(Exception):
@@ -63,7 +74,7 @@ class TargetSampler:
         self.process = ProcessCollector(paths, pid, self.hz)
         self.threads = ThreadSampler(paths, pid, max_threads=max_threads,
                                      time_budget_s=thread_time_budget_s)
-        self.host = [cls(paths) for cls in HOST_COLLECTORS]
+        self.host = HostSampler(paths)
         self._cgroup: CgroupCollector | None = None
         self._started_as_zombie = False
 
@@ -87,16 +98,17 @@ class TargetSampler:
             cgroup_layout=layout,
             numa_start=self.numa(),
             hz=self.hz,
+            paths=self.paths,
         )
 
     def numa(self) -> Batch:
         return run_collector("numa_maps", self.process.numa_memory)
 
-    def tick(self, read_switches: bool | None = None) -> Tick:
+    def tick(self, read_switches: bool | None = None,
+             host_batches: dict[str, Batch] | None = None) -> Tick:
+        """Sample the target; the host collectors too, unless the caller already ran them."""
         mono, wall = time.monotonic(), time.time()
-        batches: dict[str, Batch] = {}
-        for collector in self.host:
-            batches[collector.name] = run_collector(collector.name, collector.collect)
+        batches = dict(host_batches) if host_batches is not None else self.host.sample()
         process = run_collector("process", self.process.sample, no_data_kinds=())
         batches["process"] = process
         gone = ""

@@ -193,6 +193,7 @@ def _record_process(recorder: _Recorder, paths: HostPaths, pid: int) -> int | No
         else:
             recorder.copy(paths.pid(pid, name), process_file=True)
     recorder.copy(paths.pid(pid, "environ"), _filter_environ, process_file=True)
+    recorder.copy(paths.pid(pid, "maps"), _shared_libraries, process_file=True)
     for link in ("exe", "cwd", "ns/pid", "ns/cgroup"):
         try:
             recorder.add_link(paths.pid(pid, link), read_link(paths.pid(pid, link)))
@@ -250,6 +251,12 @@ def _record_passwd(recorder: _Recorder, paths: HostPaths, uid: int | None) -> No
     if name is not None:
         recorder.add_bytes(paths.root("etc", "passwd"),
                            f"{name}:x:{uid}:{uid}::/nonexistent:/usr/sbin/nologin\n".encode())
+
+
+def _shared_libraries(raw: bytes) -> bytes:
+    """Only the mappings of shared libraries (engine detection needs libtorch); mapped data
+    files, such as model weights, can name private paths."""
+    return b"".join(line + b"\n" for line in raw.splitlines() if b".so" in line)
 
 
 def _filter_environ(raw: bytes) -> bytes:

@@ -15,8 +15,10 @@ _MARKERS = (
 )
 
 
-def detect_engine(cmdline: list[str], exe: str | None, comm: str) -> str:
-    """The engine's name from ENGINES, "pytorch" for other Python processes, or ""."""
+def detect_engine(cmdline: list[str], exe: str | None, comm: str,
+                  torch_loaded: bool = False) -> str:
+    """The engine's name from ENGINES; for other Python processes "pytorch" when libtorch is
+    mapped (`torch_loaded`), else "python"; "" for anything else."""
     head = " ".join(cmdline[:4]).lower()
     names = {os.path.basename(exe or "").lower(), comm.lower()}
     for engine, markers in _MARKERS:
@@ -24,5 +26,10 @@ def detect_engine(cmdline: list[str], exe: str | None, comm: str) -> str:
             if marker in head or marker in names:
                 return engine
     if any(name.startswith("python") for name in names) or "python" in head.split(" ")[0]:
-        return "pytorch"
+        return "pytorch" if torch_loaded else "python"
     return ""
+
+
+def torch_loaded(maps: bytes) -> bool:
+    """Whether a process's /proc/<pid>/maps shows libtorch."""
+    return b"libtorch" in maps

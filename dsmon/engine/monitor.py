@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dsmon.engine.engines import detect_engine
+from dsmon.engine.engines import detect_engine, torch_loaded
+from dsmon.sources import SourceError, read_bytes
 from dsmon.engine.evaluate import Engine, Finding
 from dsmon.engine.features import FeatureExtractor, FeatureStore
 from dsmon.engine.rules import SEVERITY_RANK, Rule
@@ -31,26 +32,44 @@ class RuleMonitor:
     def __post_init__(self):
         identity = self.static.identity
         self.extractor = FeatureExtractor(self.static)
-        self.extractor.context["engine"] = detect_engine(identity.cmdline, identity.exe,
-                                                         identity.comm)
+        self.extractor.context["engine"] = detect_engine(
+            identity.cmdline, identity.exe, identity.comm, self._torch_loaded())
         retention = max((rule.longest_window_s for rule in self.rules), default=0.0)
         self.store = FeatureStore(retention + RETENTION_MARGIN_S)
         self.engine = Engine(self.rules)
+
+    def _torch_loaded(self) -> bool:
+        paths = getattr(self.static, "paths", None)
+        if paths is None:
+            return False
+        try:
+            return torch_loaded(read_bytes(paths.pid(self.static.identity.pid, "maps"), True))
+        except SourceError:
+            return False
 
     @property
     def engine_name(self) -> str:
         return self.extractor.context["engine"]
 
     def observe(self, tick) -> list[Finding]:
-        if tick.data("process") is None:
+        """Record the tick's features and evaluate at its time (what diagnose does)."""
+        if not self.record(tick):
             return []
+        return self.evaluate(tick.mono_ts, tick.wall_ts)
+
+    def record(self, tick, keep_history: bool = True) -> bool:
+        if tick.data("process") is None:
+            return False
         values = self.extractor.update(tick)
-        self.history[tick.mono_ts] = values
+        if keep_history:
+            self.history[tick.mono_ts] = values
         self.store.add(tick.mono_ts, values)
-        changed = self.engine.evaluate(self.store, tick.mono_ts, tick.wall_ts,
-                                       self.extractor.context)
+        return True
+
+    def evaluate(self, now: float, wall: float) -> list[Finding]:
+        changed = self.engine.evaluate(self.store, now, wall, self.extractor.context)
         for finding in changed:
-            self.transitions.append(Transition(tick.mono_ts, finding.rule_id, finding.severity,
+            self.transitions.append(Transition(now, finding.rule_id, finding.severity,
                                                finding.state))
         return changed
 

@@ -20,7 +20,7 @@ AGGREGATIONS = ("last", "min", "max", "avg", "stddev", "rate", "delta", "slope",
 OPERATORS = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES = ("info", "warning", "critical")
 SEVERITY_RANK = {"info": 1, "warning": 2, "critical": 3}
-ENGINES = ("vllm", "sglang", "tgi", "triton", "llamacpp", "ollama", "pytorch")
+ENGINES = ("vllm", "sglang", "tgi", "triton", "llamacpp", "ollama", "pytorch", "python")
 SUBJECTS = ("target", "host")
 RULE_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
@@ -91,6 +91,8 @@ class Rule:
     source: str = ""
 
     def hint_for(self, engine: str) -> str:
+        if engine == "python" and "python" not in self.hints:
+            engine = "pytorch"  # torch-style thread advice also fits plain Python processes
         return self.hints.get(engine, self.hint) if engine else self.hint
 
     def leaves(self):

@@ -1,0 +1,295 @@
+"""`dsmon agent`: sample the host and its inference processes forever, serve /metrics.
+
+Jobs (APScheduler 3.x, each `max_instances=1, coalesce=True`):
+- `sample`    every interval: host collectors, then each target; publishes metrics; the
+              systemd watchdog is fed from here after a good cycle, never from a timer.
+- `rules`     every rules interval: evaluates each target's rules at that time.
+- `discover`  (slow executor) finds targets, follows restarts under the same label.
+- `numa`      (slow executor) re-reads numa_maps, which walks page tables.
+A hung job stalls only itself; a scrape serves the last published families.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dsmon import __version__
+from dsmon.agent.config import AgentConfig, listen_address
+from dsmon.agent.notify import Notifier
+from dsmon.agent.render import render_findings, render_host, render_target
+from dsmon.agent.runtime import TargetRuntime
+from dsmon.agent.targets import TargetResolver
+from dsmon.collectors.topology import TopologyCollector
+from dsmon.model import Status, run_collector
+from dsmon.paths import HostPaths
+from dsmon.sampler import HostSampler, TargetNotFound
+from dsmon.sinks.prometheus import Exposition, MetricsBuilder
+
+log = logging.getLogger("dsmon.agent")
+
+
+@dataclass
+class JobHealth:
+    last_ok: bool = False
+    last_end: float | None = None
+    duration_s: float = 0.0
+    error: str = ""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, rules, host_collectors=None, notifier=None):
+        self.config = config
+        self.rules = rules
+        self.paths = HostPaths(config.procfs, config.sysfs, config.rootfs)
+        self.host = HostSampler(self.paths)
+        if host_collectors is not None:
+            self.host.collectors = list(host_collectors)
+        self.resolver = TargetResolver(self.paths, config.targets)
+        self.notifier = notifier or Notifier()
+        self.targets: dict[str, TargetRuntime] = {}
+        self.lock = threading.RLock()
+        self.host_batches: dict = {}
+        self.topology = None
+        self.health: dict[str, JobHealth] = {}
+        self.collector_health: dict[str, tuple[bool, float, float]] = {}
+        self.dropped_series = 0
+        self.samples = 0
+        self.stopping = threading.Event()
+        self.exposition = Exposition(self._self_metrics)
+        self.scheduler: BackgroundScheduler | None = None
+        self.server = None
+        self.started_mono = time.monotonic()
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _run(self, name: str, work) -> bool:
+        started = time.perf_counter()
+        health = self.health.setdefault(name, JobHealth())
+        try:
+            work()
+            health.last_ok, health.error = True, ""
+        except Exception as exc:  # noqa: BLE001 - a job failure is reported, never fatal
+            health.last_ok, health.error = False, f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", name)
+        health.duration_s = time.perf_counter() - started
+        health.last_end = time.monotonic()
+        return health.last_ok
+
+    def discover(self) -> None:
+        self._run("discover", self._discover)
+
+    def _discover(self) -> None:
+        if self.topology is None:
+            batch = run_collector("topology", TopologyCollector(self.paths).collect)
+            self.topology = batch.data if batch.ok else None
+        found = self.resolver.resolve()
+        with self.lock:
+            wanted = {r.label: r for r in found}
+            for label, runtime in list(self.targets.items()):
+                resolved = wanted.get(label)
+                if resolved is None or (resolved.pid, resolved.start_ticks) != \
+                        (runtime.resolved.pid, runtime.resolved.start_ticks) or runtime.gone:
+                    if resolved is None or runtime.gone:
+                        log.info("target %s (pid %d) is gone: %s", label, runtime.resolved.pid,
+                                 runtime.gone or "no longer found")
+                    runtime.close()
+                    del self.targets[label]
+            for label, resolved in wanted.items():
+                if label in self.targets:
+                    continue
+                try:
+                    self.targets[label] = TargetRuntime(resolved, self.paths, self.rules,
+                                                        self.config.max_threads)
+                    log.info("following target %s: pid %d (%s)", label, resolved.pid,
+                             resolved.spec.describe())
+                except TargetNotFound as exc:
+                    log.info("target %s vanished before sampling: %s", label, exc)
+
+    def sample(self) -> None:
+        ok = self._run("sample", self._sample)
+        if ok:
+            self.samples += 1
+            self.notifier.watchdog()
+
+    def _sample(self) -> None:
+        batches = self.host.sample()
+        for name, batch in batches.items():
+            self.collector_health[name] = (batch.status in (Status.OK, Status.PARTIAL,
+                                                            Status.NO_DATA),
+                                           batch.duration_s, time.monotonic())
+        self.host_batches = {name: batch.data for name, batch in batches.items() if batch.ok}
+        with self.lock:
+            runtimes = list(self.targets.values())
+        for runtime in runtimes:
+            if runtime.gone:
+                continue
+            tick = runtime.sample(batches)
+            for name in ("process", "threads", "cgroup"):
+                batch = tick.batches.get(name)
+                if batch is not None:
+                    self.collector_health[f"{name}"] = (batch.ok or batch.status is Status.NO_DATA
+                                                        or bool(tick.target_gone),
+                                                        batch.duration_s, time.monotonic())
+            if runtime.gone:
+                log.info("target %s (pid %d) exited: %s", runtime.label, runtime.resolved.pid,
+                         runtime.gone)
+        self.publish()
+
+    def evaluate_rules(self) -> None:
+        self._run("rules", self._evaluate_rules)
+
+    def _evaluate_rules(self) -> None:
+        now, wall = time.monotonic(), time.time()
+        with self.lock:
+            runtimes = list(self.targets.values())
+        for runtime in runtimes:
+            for finding in runtime.evaluate(now, wall):
+                if finding.state == "firing":
+                    log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
+                                finding.severity, runtime.label, finding.summary)
+                elif finding.state == "resolved":
+                    log.info("finding %s resolved on %s", finding.rule_id, runtime.label)
+        self.publish()
+
+    def refresh_numa(self) -> None:
+        def work():
+            with self.lock:
+                runtimes = list(self.targets.values())
+            for runtime in runtimes:
+                if not runtime.gone:
+                    runtime.refresh_numa()
+        self._run("numa", work)
+
+    # -- exposition -------------------------------------------------------------------------
+
+    def publish(self) -> None:
+        with self.lock:
+            out = MetricsBuilder(self.config.max_series)
+            render_host(out, self.host_batches, self.topology)
+            for runtime in self.targets.values():
+                render_target(out, runtime, self.config.max_pools)
+                render_findings(out, runtime)
+            self.dropped_series += out.dropped
+            if out.dropped:
+                log.warning("series cap %d reached: %d series dropped", out.max_series,
+                            out.dropped)
+            self.exposition.publish(out.build())
+
+    def _self_metrics(self, now: float):
+        out = MetricsBuilder(10_000)
+        out.gauge("dsmon_build_info", "dsmon's version.", 1, version=__version__)
+        stale_after = 3 * self.config.interval_s
+        for name, (ok, duration, ended) in sorted(self.collector_health.items()):
+            fresh = now - ended <= stale_after
+            out.gauge("dsmon_collector_success", "1 when the collector's last run succeeded "
+                      "and is recent.", 1 if ok and fresh else 0, collector=name)
+            out.gauge("dsmon_collector_duration_seconds", "Duration of the collector's last run.",
+                      duration, collector=name)
+        for name, health in sorted(self.health.items()):
+            out.gauge("dsmon_job_success", "1 when the job's last run succeeded.",
+                      1 if health.last_ok else 0, job=name)
+            out.gauge("dsmon_job_duration_seconds", "Duration of the job's last run.",
+                      health.duration_s, job=name)
+        sample = self.health.get("sample")
+        if sample is not None and sample.last_end is not None:
+            out.gauge("dsmon_last_sample_age_seconds", "Seconds since the last completed "
+                      "sampling cycle.", now - sample.last_end)
+        out.counter("dsmon_series_dropped", "Series left out because of the series cap.",
+                    self.dropped_series)
+        out.gauge("dsmon_targets", "Targets followed.", len(self.targets))
+        return out.build()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, serve: bool = True) -> None:
+        from dsmon.sinks.http import start_server
+        self.discover()
+        self.sample()
+        self.evaluate_rules()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(4), "slow": ThreadPoolExecutor(2)},
+            job_defaults={"coalesce": True, "max_instances": 1,
+                          "misfire_grace_time": max(1, int(self.config.interval_s))})
+        config = self.config
+        self.scheduler.add_job(self.sample, "interval", seconds=config.interval_s, id="sample")
+        self.scheduler.add_job(self.evaluate_rules, "interval", seconds=config.rules_interval_s,
+                               id="rules")
+        self.scheduler.add_job(self.discover, "interval", seconds=config.discovery_interval_s,
+                               id="discover", executor="slow")
+        self.scheduler.add_job(self.refresh_numa, "interval", seconds=config.slow_interval_s,
+                               id="numa", executor="slow")
+        self.scheduler.start()
+        if serve:
+            host, port = listen_address(config.listen)
+            self.server = start_server(self, host, port)
+        status = f"{len(self.targets)} target(s): " + (", ".join(sorted(self.targets))
+                                                      or "none (host-only mode)")
+        self.notifier.ready(status)
+        log.info("dsmon %s listening on %s; %s", __version__, config.listen, status)
+
+    def reload(self, config: AgentConfig, rules) -> None:
+        """Apply a new config's targets and rules (the listen address needs a restart)."""
+        with self.lock:
+            self.config = config
+            self.rules = rules
+            self.resolver = TargetResolver(self.paths, config.targets)
+            for runtime in self.targets.values():
+                runtime.close()
+            self.targets.clear()
+        self.discover()
+        self.notifier.status(f"reloaded: {len(self.targets)} target(s), {len(rules)} rules")
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        with self.lock:
+            for runtime in self.targets.values():
+                runtime.close()
+        self.notifier.close()
+
+
+def run_forever(agent: Agent, load) -> int:
+    """Run until SIGTERM/SIGINT. SIGHUP re-runs `load()` -> (config, rules); a broken file
+    keeps the running configuration and logs why."""
+    reload_requested = threading.Event()
+
+    def on_term(signum, frame):
+        agent.stopping.set()
+
+    def on_hup(signum, frame):
+        reload_requested.set()
+        agent.stopping.set()  # wake the loop; cleared below when it is a reload
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    agent.start()
+    while True:
+        agent.stopping.wait()
+        if reload_requested.is_set():
+            reload_requested.clear()
+            agent.stopping.clear()
+            try:
+                config, rules = load()
+            except Exception as exc:  # noqa: BLE001 - keep running on the old configuration
+                log.error("reload failed, keeping the running configuration: %s", exc)
+                agent.notifier.status(f"reload failed: {str(exc).splitlines()[0]}")
+                continue
+            agent.reload(config, rules)
+            log.info("reloaded configuration from %s", config.source)
+            continue
+        break
+    log.info("stopping")
+    agent.stop()
+    return 0

@@ -1,0 +1,149 @@
+"""The agent's state as Prometheus families (dsmon_* names, base units, bounded labels)."""
+
+from __future__ import annotations
+
+from dsmon.collectors.cpu import MODES
+from dsmon.sinks.prometheus import MetricsBuilder
+
+THREAD_STATES = ("R", "S", "D", "T", "t", "Z", "I", "X", "P")
+
+
+def render_host(out: MetricsBuilder, host: dict, topology) -> None:
+    cpu = host.get("cpu")
+    if cpu is not None:
+        for number, seconds in sorted(cpu.per_cpu.items()):
+            for mode, value in zip(MODES, seconds):
+                out.counter("dsmon_cpu_seconds", "CPU time per core and mode (/proc/stat).",
+                            value, cpu=str(number), mode=mode)
+        out.counter("dsmon_context_switches", "Context switches on the host.",
+                    cpu.context_switches)
+        out.gauge("dsmon_procs_running", "Runnable tasks on the host.", cpu.procs_running)
+        out.gauge("dsmon_procs_blocked", "Tasks blocked in I/O on the host.", cpu.procs_blocked)
+    memory = host.get("memory")
+    if memory is not None:
+        for key, name in (("MemTotal", "total"), ("MemAvailable", "available"),
+                          ("MemFree", "free"), ("SwapTotal", "swap_total"),
+                          ("SwapFree", "swap_free"), ("Cached", "cached")):
+            out.gauge(f"dsmon_memory_{name}_bytes", f"{key} from /proc/meminfo.", memory.get(key))
+    vmstat = host.get("vmstat")
+    if vmstat is not None:
+        out.counter("dsmon_swap_in_pages", "Pages swapped in on the host.", vmstat.get("pswpin"))
+        out.counter("dsmon_swap_out_pages", "Pages swapped out on the host.", vmstat.get("pswpout"))
+        out.counter("dsmon_oom_kills", "OOM kills on the host (/proc/vmstat).", vmstat.get("oom_kill"))
+    pressure = host.get("pressure")
+    if pressure is not None:
+        for resource, kinds in pressure.items():
+            for kind, values in kinds.items():
+                out.counter("dsmon_pressure_stalled_seconds",
+                            "Time tasks stalled on a resource (PSI total).",
+                            values.get("total_seconds"), resource=resource, kind=kind)
+    if topology is not None:
+        for number, info in sorted(topology.cpus.items()):
+            out.gauge("dsmon_cpu_info", "CPU topology: package, core and NUMA node of each CPU.",
+                      1, cpu=str(number), package=str(info.package), core=str(info.core),
+                      node="" if info.node is None else str(info.node))
+        for node in topology.nodes.values():
+            out.gauge("dsmon_numa_node_memory_total_bytes", "Memory of each NUMA node.",
+                      node.mem_total_bytes, node=str(node.node))
+
+
+def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
+    label = runtime.label
+    tick = runtime.last_tick
+    identity = runtime.static.identity
+    out.gauge("dsmon_target_up", "1 while the target is sampled, 0 once it is gone.",
+              0 if runtime.gone else 1, target=label)
+    out.gauge("dsmon_target_info", "The target's identity (labels only; pids are not labels).",
+              1, target=label, comm=identity.comm, engine=runtime.monitor.engine_name,
+              cgroup=runtime.static.cgroup_layout.cgroup_path or "")
+    if tick is None:
+        return
+    process = tick.data("process")
+    if process is not None:
+        out.counter("dsmon_process_cpu_seconds", "CPU time of the target by mode.",
+                    process.utime_s, target=label, mode="user")
+        out.counter("dsmon_process_cpu_seconds", "CPU time of the target by mode.",
+                    process.stime_s, target=label, mode="system")
+        out.gauge("dsmon_process_resident_memory_bytes", "Resident memory (VmRSS).",
+                  process.rss_bytes, target=label)
+        out.gauge("dsmon_process_resident_memory_peak_bytes", "Peak resident memory (VmHWM).",
+                  process.peak_rss_bytes, target=label)
+        out.gauge("dsmon_process_swap_bytes", "Swapped-out memory (VmSwap).",
+                  process.swap_bytes, target=label)
+        out.gauge("dsmon_process_open_fds", "Open file descriptors.", process.open_fds,
+                  target=label)
+        out.gauge("dsmon_process_max_fds", "Soft limit of open file descriptors.",
+                  process.fd_limit, target=label)
+        if process.io:
+            for key, direction, layer in (("read_bytes", "read", "storage"),
+                                          ("write_bytes", "write", "storage"),
+                                          ("rchar", "read", "syscall"),
+                                          ("wchar", "write", "syscall")):
+                out.counter("dsmon_process_io_bytes", "Bytes read and written: storage (block "
+                            "layer) or syscall (any source).", process.io.get(key),
+                            target=label, direction=direction, layer=layer)
+    sweep = tick.data("threads")
+    if sweep is not None:
+        counts = {state: 0 for state in ("R", "S", "D")}
+        for thread in sweep.threads:
+            state = thread.state if thread.state in THREAD_STATES else "other"
+            counts[state] = counts.get(state, 0) + 1
+        for state, count in sorted(counts.items()):
+            out.gauge("dsmon_process_threads", "Threads by state in the last sample.", count,
+                      target=label, state=state)
+        out.gauge("dsmon_process_threads_sampled_ratio", "Share of threads read in the last "
+                  "sample (below 1 when the thread cap or time budget truncated it).",
+                  len(sweep.threads) / sweep.listed if sweep.listed else None, target=label)
+        totals = runtime.totals
+        out.counter("dsmon_process_run_queue_wait_seconds", "Time threads were runnable but "
+                    "waiting for a CPU (schedstat), summed over threads.",
+                    totals.run_queue_wait_seconds, target=label)
+        out.counter("dsmon_process_context_switches", "Context switches of all threads.",
+                    totals.voluntary_switches, target=label, kind="voluntary")
+        out.counter("dsmon_process_context_switches", "Context switches of all threads.",
+                    totals.involuntary_switches, target=label, kind="involuntary")
+        for pool, count, cores in runtime.pools(max_pools):
+            out.gauge("dsmon_process_pool_threads", "Threads per pool (names, digits masked).",
+                      count, target=label, pool=pool)
+            out.gauge("dsmon_process_pool_cpu_cores", "CPU of each pool over the last interval.",
+                      cores, target=label, pool=pool)
+    features = runtime.monitor.store
+    for feature, name, help_text in (
+            ("busy_threads", "dsmon_process_busy_threads", "Threads using >= 10% of a CPU."),
+            ("cpu_capacity_cores", "dsmon_process_cpu_capacity_cores",
+             "CPUs the target can use: affinity, cpuset and quota."),
+            ("effective_physical_cores", "dsmon_process_physical_cores",
+             "Physical cores among the CPUs the target can use."),
+            ("runnable_waiting_ratio", "dsmon_process_runnable_waiting_ratio",
+             "Run-queue wait / (run + wait) over the last interval."),
+            ("working_set_bytes", "dsmon_process_working_set_bytes",
+             "cgroup usage minus inactive page cache (RSS without a cgroup limit)."),
+            ("memory_limit_bytes", "dsmon_process_memory_limit_bytes",
+             "The binding cgroup memory limit."),
+            ("memory_headroom_bytes", "dsmon_process_memory_headroom_bytes",
+             "Memory left before the limit (or host MemAvailable)."),
+            ("seconds_to_memory_limit", "dsmon_process_memory_limit_eta_seconds",
+             "Time until the limit at the current growth (absent when not growing).")):
+        out.gauge(name, help_text, features.last(feature), target=label)
+    cgroup = tick.data("cgroup")
+    if cgroup is not None:
+        out.counter("dsmon_process_oom_kills", "OOM kills in the target's cgroup.",
+                    cgroup.oom_kills, target=label)
+        out.counter("dsmon_process_cpu_throttled_seconds", "Time the cgroup quota throttled "
+                    "the target.", cgroup.cpu_throttled_seconds, target=label)
+    if runtime.numa_memory:
+        for node, size in sorted(runtime.numa_memory.items()):
+            out.gauge("dsmon_process_numa_memory_bytes", "Resident memory per NUMA node "
+                      "(numa_maps, slow cadence).", size, target=label, node=str(node))
+    out.gauge("dsmon_last_sample_timestamp_seconds", "When the target was last sampled.",
+              tick.wall_ts, target=label)
+
+
+def render_findings(out: MetricsBuilder, runtime) -> None:
+    for finding in runtime.monitor.engine.current():
+        if finding.state == "firing":
+            out.gauge("dsmon_finding_active", "1 while a finding fires.", 1,
+                      rule_id=finding.rule_id, severity=finding.severity, target=runtime.label)
+    for (rule_id, severity), count in sorted(runtime.fired.items()):
+        out.counter("dsmon_findings_fired", "Times a finding started firing.", count,
+                    rule_id=rule_id, severity=severity, target=runtime.label)

@@ -1,0 +1,131 @@
+"""One followed target inside the agent: its sampler, rules state and running totals."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from dsmon.agent.targets import Resolved
+from dsmon.analysis import pool_of
+from dsmon.engine.monitor import RuleMonitor
+from dsmon.paths import HostPaths
+from dsmon.sampler import TargetSampler, Tick
+
+
+@dataclass
+class Totals:
+    """Counters that must not go backwards when threads exit: sums of per-thread increases."""
+
+    run_queue_wait_seconds: float = 0.0
+    run_seconds: float = 0.0
+    voluntary_switches: float = 0.0
+    involuntary_switches: float = 0.0
+    _last: dict = field(default_factory=dict)   # (tid, start) -> [wait_ns, run_ns, vol, invol]
+
+    def update(self, sweep) -> None:
+        current = {}
+        for thread in sweep.threads:
+            key = (thread.tid, thread.start_ticks)
+            before = self._last.get(key)
+            now = [thread.wait_ns, thread.run_ns, thread.voluntary, thread.involuntary]
+            if before is not None:
+                if now[0] is not None and before[0] is not None:
+                    self.run_queue_wait_seconds += max(0, now[0] - before[0]) / 1e9
+                    self.run_seconds += max(0, now[1] - before[1]) / 1e9
+                if now[2] is not None and before[2] is not None:
+                    self.voluntary_switches += max(0, now[2] - before[2])
+                    self.involuntary_switches += max(0, now[3] - before[3])
+                # switch counts are read every few sweeps: keep the last known ones
+                if now[2] is None:
+                    now[2], now[3] = before[2], before[3]
+            current[key] = now
+        if not sweep.truncated:
+            self._last = current
+        else:
+            self._last.update(current)
+
+
+class TargetRuntime:
+    def __init__(self, resolved: Resolved, paths: HostPaths, rules, max_threads: int):
+        self.resolved = resolved
+        self.sampler = TargetSampler(paths, resolved.pid, max_threads=max_threads)
+        self.static = self.sampler.static()          # raises TargetNotFound
+        if self.static.identity.start_ticks != resolved.start_ticks:
+            self.sampler.close()
+            from dsmon.sampler import TargetNotFound
+            raise TargetNotFound(f"pid {resolved.pid} was reused before sampling started")
+        self.monitor = RuleMonitor(self.static, rules)
+        self.totals = Totals()
+        self.last_tick: Tick | None = None
+        self.previous_tick: Tick | None = None
+        self.numa_memory = self.static.numa_start.data if self.static.numa_start.ok else None
+        self.fired: dict[tuple[str, str], int] = {}
+        self.gone = ""
+        self.since_wall = time.time()
+
+    @property
+    def label(self) -> str:
+        return self.resolved.label
+
+    def close(self) -> None:
+        self.sampler.close()
+
+    def sample(self, host_batches) -> Tick:
+        tick = self.sampler.tick(host_batches=host_batches)
+        if tick.target_gone:
+            self.gone = tick.target_gone
+        sweep = tick.data("threads")
+        if sweep is not None:
+            self.totals.update(sweep)
+        self.monitor.record(tick, keep_history=False)
+        if tick.data("process") is not None:
+            self.previous_tick, self.last_tick = self.last_tick, tick
+        return tick
+
+    def refresh_numa(self) -> None:
+        batch = self.sampler.numa()
+        if batch.ok:
+            self.numa_memory = batch.data
+            self.monitor.extractor.set_numa_memory(batch.data)
+
+    def evaluate(self, now: float, wall: float):
+        changed = self.monitor.evaluate(now, wall)
+        for finding in changed:
+            if finding.state == "firing":
+                key = (finding.rule_id, finding.severity)
+                self.fired[key] = self.fired.get(key, 0) + 1
+        return changed
+
+    def pools(self, max_pools: int) -> list[tuple[str, int, float | None]]:
+        """(pool, threads, CPU cores over the last interval), the busiest first; pools past
+        `max_pools` are folded into "other" so the label set stays bounded."""
+        tick, before = self.last_tick, self.previous_tick
+        sweep = tick.data("threads") if tick else None
+        if sweep is None:
+            return []
+        earlier = {}
+        span = 0.0
+        if before is not None and before.data("threads") is not None:
+            earlier = {(t.tid, t.start_ticks): t for t in before.data("threads").threads}
+            span = tick.mono_ts - before.mono_ts
+        hz = self.static.hz
+        pools: dict[str, list] = {}
+        names: dict[str, set] = {}
+        for thread in sweep.threads:
+            pool = pool_of(thread.name)
+            names.setdefault(pool, set()).add(thread.name)
+            entry = pools.setdefault(pool, [0, 0.0])
+            entry[0] += 1
+            old = earlier.get((thread.tid, thread.start_ticks))
+            if old is not None and span > 0:
+                entry[1] += max(0, thread.utime + thread.stime - old.utime - old.stime) / hz / span
+        rows = []
+        for pool, (count, cores) in pools.items():
+            shown = next(iter(names[pool])) if len(names[pool]) == 1 else pool
+            rows.append((shown, count, cores if span > 0 else None))
+        rows.sort(key=lambda r: (-(r[2] or 0), -r[1]))
+        if len(rows) > max_pools:
+            head, tail = rows[:max_pools - 1], rows[max_pools - 1:]
+            other_cores = sum(r[2] or 0 for r in tail) if span > 0 else None
+            rows = head + [("other", sum(r[1] for r in tail), other_cores)]
+        return rows

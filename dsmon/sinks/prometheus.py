@@ -1,0 +1,88 @@
+"""Prometheus exposition: metric families built after each sample, served as they are.
+
+The sampling jobs build an immutable list of families and swap it in; a scrape only
+serialises that list (no I/O, no sampling, no waiting). A hard cap on series drops the excess
+and counts it. Labels come from bounded sets; pids and tids are never labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger("dsmon.metrics")
+
+
+@dataclass
+class Family:
+    name: str            # without _total for counters
+    kind: str            # gauge or counter
+    help: str
+    labels: tuple[str, ...]
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+    def build(self):
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        family = cls(self.name, self.help, labels=self.labels)
+        for values, value in self.samples:
+            family.add_metric(values, value)
+        return family
+
+
+class MetricsBuilder:
+    """Collects samples for one exposition, enforcing the series cap."""
+
+    def __init__(self, max_series: int):
+        self.max_series = max_series
+        self.families: dict[str, Family] = {}
+        self.series = 0
+        self.dropped = 0
+
+    def add(self, name: str, kind: str, help_text: str, labels: dict[str, str],
+            value: float | None) -> None:
+        if value is None:
+            return  # unknown is absent, never 0
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = Family(name, kind, help_text, tuple(labels))
+        if self.series >= self.max_series:
+            self.dropped += 1
+            return
+        family.samples.append((tuple(str(labels[k]) for k in family.labels), float(value)))
+        self.series += 1
+
+    def gauge(self, name: str, help_text: str, value, **labels) -> None:
+        self.add(name, "gauge", help_text, labels, value)
+
+    def counter(self, name: str, help_text: str, value, **labels) -> None:
+        self.add(name, "counter", help_text, labels, value)
+
+    def build(self) -> list:
+        return [family.build() for family in self.families.values() if family.samples]
+
+
+class Exposition:
+    """The registry's one collector: returns the latest families, plus self metrics computed
+    at scrape time from timestamps only. It never raises into prometheus_client (a raising
+    collector turns the whole page into an HTTP 500)."""
+
+    def __init__(self, self_metrics):
+        self._families: list = []
+        self._self_metrics = self_metrics
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def publish(self, families: list) -> None:
+        self._families = families  # one reference swap: scrapes see old or new, never half
+
+    def collect(self):
+        families = self._families
+        yield from families
+        try:
+            yield from self._self_metrics(time.monotonic())
+        except Exception:  # noqa: BLE001 - keep the page up, say so in the log
+            log.exception("self metrics failed; serving the sampled families only")
