@@ -1,8 +1,11 @@
 """`dsmon agent`: sample the host and its inference processes forever, serve /metrics.
 
 Jobs (APScheduler 3.x, each `max_instances=1, coalesce=True`):
-- `sample`    every interval: host collectors, then each target; publishes metrics; the
-              systemd watchdog is fed from here after a good cycle, never from a timer.
+- `host:NAME` every interval, one job per host collector (cpu, memory, vmstat, pressure), so
+              a collector that hangs stalls only itself and its success drops to 0.
+- `sample`    every interval: each target (process, threads, cgroup) with the latest host
+              data; publishes metrics; the systemd watchdog is fed from here after a good
+              cycle, never from a timer.
 - `rules`     every rules interval: evaluates each target's rules at that time.
 - `discover`  (slow executor) finds targets, follows restarts under the same label.
 - `numa`      (slow executor) re-reads numa_maps, which walks page tables.
@@ -17,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -33,6 +37,8 @@ from dsmon.sampler import HostSampler, TargetNotFound
 from dsmon.sinks.prometheus import Exposition, MetricsBuilder
 
 log = logging.getLogger("dsmon.agent")
+
+FIRST_SAMPLE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -56,9 +62,12 @@ class Agent:
         self.targets: dict[str, TargetRuntime] = {}
         self.lock = threading.RLock()
         self.host_batches: dict = {}
+        self.latest_host: dict = {}
+        self.sample_lock = threading.Lock()
         self.topology = None
         self.health: dict[str, JobHealth] = {}
         self.collector_health: dict[str, tuple[bool, float, float]] = {}
+        self.collector_started: dict[str, float] = {}
         self.dropped_series = 0
         self.samples = 0
         self.stopping = threading.Event()
@@ -111,6 +120,15 @@ class Agent:
                              resolved.spec.describe())
                 except TargetNotFound as exc:
                     log.info("target %s vanished before sampling: %s", label, exc)
+        self.publish()   # a target that left or arrived shows at once, not a sample later
+
+    def collect_host(self, collector) -> None:
+        self.collector_started[collector.name] = time.monotonic()
+        batch = run_collector(collector.name, collector.collect)
+        self.collector_health[collector.name] = (
+            batch.status in (Status.OK, Status.PARTIAL, Status.NO_DATA), batch.duration_s,
+            time.monotonic())
+        self.latest_host[collector.name] = batch     # one reference swap per collector
 
     def sample(self) -> None:
         ok = self._run("sample", self._sample)
@@ -119,11 +137,11 @@ class Agent:
             self.notifier.watchdog()
 
     def _sample(self) -> None:
-        batches = self.host.sample()
-        for name, batch in batches.items():
-            self.collector_health[name] = (batch.status in (Status.OK, Status.PARTIAL,
-                                                            Status.NO_DATA),
-                                           batch.duration_s, time.monotonic())
+        with self.sample_lock:   # a reload may sample outside the scheduler
+            self._sample_targets()
+
+    def _sample_targets(self) -> None:
+        batches = dict(self.latest_host)
         self.host_batches = {name: batch.data for name, batch in batches.items() if batch.ok}
         with self.lock:
             runtimes = list(self.targets.values())
@@ -186,12 +204,22 @@ class Agent:
         out = MetricsBuilder(10_000)
         out.gauge("dsmon_build_info", "dsmon's version.", 1, version=__version__)
         stale_after = 3 * self.config.interval_s
-        for name, (ok, duration, ended) in sorted(self.collector_health.items()):
-            fresh = now - ended <= stale_after
+        finished = dict(self.collector_health)
+        started = dict(self.collector_started)
+        for name in sorted(set(finished) | set(started)):
+            ok, duration, ended = finished.get(name, (False, 0.0, None))
+            began = started.get(name)
+            if began is not None and (ended is None or ended < began):
+                # A run in progress: fine while short; past `stale_after` it is a hang, and
+                # its duration so far is what the operator needs to see.
+                duration = now - began
+                success = ok and duration <= stale_after
+            else:
+                success = ok and ended is not None and now - ended <= stale_after
             out.gauge("dsmon_collector_success", "1 when the collector's last run succeeded "
-                      "and is recent.", 1 if ok and fresh else 0, collector=name)
-            out.gauge("dsmon_collector_duration_seconds", "Duration of the collector's last run.",
-                      duration, collector=name)
+                      "and is recent.", 1 if success else 0, collector=name)
+            out.gauge("dsmon_collector_duration_seconds", "Duration of the collector's last run "
+                      "(of the current one while it runs).", duration, collector=name)
         for name, health in sorted(self.health.items()):
             out.gauge("dsmon_job_success", "1 when the job's last run succeeded.",
                       1 if health.last_ok else 0, job=name)
@@ -211,13 +239,26 @@ class Agent:
     def start(self, serve: bool = True) -> None:
         from dsmon.sinks.http import start_server
         self.discover()
+        # The first host samples, each in its own thread: one that hangs must not hold back
+        # READY; its job keeps trying on schedule and its success stays 0.
+        first = [threading.Thread(target=self.collect_host, args=(c,), daemon=True)
+                 for c in self.host.collectors]
+        deadline = time.monotonic() + FIRST_SAMPLE_TIMEOUT_S
+        for thread in first:
+            thread.start()
+        for thread in first:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.sample()
         self.evaluate_rules()
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(4), "slow": ThreadPoolExecutor(2)},
+            executors={"default": ThreadPoolExecutor(4 + len(self.host.collectors)),
+                       "slow": ThreadPoolExecutor(2)},
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": max(1, int(self.config.interval_s))})
         config = self.config
+        for collector in self.host.collectors:
+            self.scheduler.add_job(self.collect_host, "interval", args=(collector,),
+                                   seconds=config.interval_s, id=f"host:{collector.name}")
         self.scheduler.add_job(self.sample, "interval", seconds=config.interval_s, id="sample")
         self.scheduler.add_job(self.evaluate_rules, "interval", seconds=config.rules_interval_s,
                                id="rules")
@@ -225,6 +266,7 @@ class Agent:
                                id="discover", executor="slow")
         self.scheduler.add_job(self.refresh_numa, "interval", seconds=config.slow_interval_s,
                                id="numa", executor="slow")
+        self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES)
         self.scheduler.start()
         if serve:
             host, port = listen_address(config.listen)
@@ -233,6 +275,10 @@ class Agent:
                                                       or "none (host-only mode)")
         self.notifier.ready(status)
         log.info("dsmon %s listening on %s; %s", __version__, config.listen, status)
+
+    def _job_skipped(self, event) -> None:
+        # A stable message, so the log's repeat filter folds it to one line a minute.
+        log.warning("job %s is stuck: its previous run has not finished", event.job_id)
 
     def reload(self, config: AgentConfig, rules) -> None:
         """Apply a new config's targets and rules (the listen address needs a restart)."""
@@ -244,6 +290,7 @@ class Agent:
                 runtime.close()
             self.targets.clear()
         self.discover()
+        self.sample()
         self.notifier.status(f"reloaded: {len(self.targets)} target(s), {len(rules)} rules")
 
     def stop(self) -> None:

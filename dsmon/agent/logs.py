@@ -42,4 +42,5 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler's own "skipped" warnings carry a changing time; dsmon logs a stable one.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
