@@ -475,8 +475,8 @@ def _memory_section(ticks: list[Tick], static: StaticFacts) -> dict:
     slope = linear_slope(rss_points)
     cgroup = ticks[-1].data("cgroup")
     host_memory = next((t.data("memory") for t in reversed(ticks) if t.data("memory")), None)
-    ws_points = [(t.mono_ts, t.data("cgroup").working_set_bytes) for t in ticks
-                 if t.data("cgroup") and t.data("cgroup").working_set_bytes is not None]
+    ws_points = [(t.mono_ts, t.data("cgroup").unreclaimable_bytes) for t in ticks
+                 if t.data("cgroup") and t.data("cgroup").unreclaimable_bytes is not None]
     section = {
         "rss_bytes": last.rss_bytes,
         "rss_anon_bytes": last.rss_anon_bytes,
@@ -496,10 +496,12 @@ def _memory_section(ticks: list[Tick], static: StaticFacts) -> dict:
             "limit_set_at": cgroup.memory_limit_at,
             "usage_bytes": cgroup.memory_usage_bytes,
             "working_set_bytes": cgroup.working_set_bytes,
+            "unreclaimable_bytes": cgroup.unreclaimable_bytes,
             "inactive_file_bytes": cgroup.inactive_file_bytes,
-            "working_set_slope_bytes_per_second": _round(ws_slope, 1),
+            "active_file_bytes": cgroup.active_file_bytes,
+            "unreclaimable_slope_bytes_per_second": _round(ws_slope, 1),
             "headroom_bytes": cgroup.memory_headroom_bytes,
-            "limit_working_set_bytes": cgroup.limit_working_set_bytes,
+            "limit_unreclaimable_bytes": cgroup.limit_unreclaimable_bytes,
             "oom_kills": cgroup.oom_kills,
             "oom_kills_in_window": rate_delta(ticks, "cgroup", "oom_kills"),
         }

@@ -472,15 +472,18 @@ def test_cgroup_v2_layout_and_sample(fake_host):
     sample, unavailable = CgroupCollector(fake_host.paths, layout).collect()
     assert unavailable == {}
     assert sample.version == "v2" and sample.path == K8S_V2
-    # The limit is set on the pod, one level up. What binds is the pod's own working set
-    # (usage 7 GiB - 1 GiB inactive file), which includes its other containers.
+    # The limit is set on the pod, one level up. What binds is the pod's own unreclaimable
+    # memory (usage 7 GiB - 1 GiB inactive - 1 GiB active file), which includes its other
+    # containers.
     assert sample.memory_limit_bytes == 8 * GIB
     assert sample.memory_limit_at == POD_V2
-    assert sample.limit_working_set_bytes == 6 * GIB
-    assert sample.memory_headroom_bytes == 2 * GIB
+    assert sample.limit_unreclaimable_bytes == 5 * GIB
+    assert sample.memory_headroom_bytes == 3 * GIB
     assert sample.memory_usage_bytes == 6 * GIB
     assert sample.inactive_file_bytes == GIB + 4096
-    assert sample.working_set_bytes == 5 * GIB - 4096
+    assert sample.working_set_bytes == 5 * GIB - 4096          # the kubelet's definition
+    assert sample.active_file_bytes == GIB - 4096
+    assert sample.unreclaimable_bytes == 4 * GIB               # minus all page cache
     assert sample.swap_usage_bytes == 0
     assert (sample.oom_kills, sample.oom_events) == (2, 3)
     assert sample.cpu_quota_cores == 2.0
@@ -497,7 +500,7 @@ def test_cgroup_v2_smallest_limit_wins_at_leaf(fake_host):
     sample, _ = CgroupCollector(fake_host.paths, resolve_layout(fake_host.paths, entries)).collect()
     assert sample.memory_limit_bytes == 4 * GIB
     assert sample.memory_limit_at == K8S_V2
-    assert sample.memory_headroom_bytes == 0   # working set 5 GiB - 4 KiB is over 4 GiB
+    assert sample.memory_headroom_bytes == 0   # 4 GiB unreclaimable reaches the 4 GiB limit
 
 
 def test_cgroup_v2_unlimited(fake_host):
@@ -582,7 +585,7 @@ def test_cgroup_v1_layout_and_sample(fake_host):
     assert unavailable == {}
     assert sample.memory_limit_bytes == 8 * GIB                 # the sentinel means unlimited
     assert sample.memory_limit_at == V1_POD
-    assert sample.limit_working_set_bytes == 4 * GIB            # 7 GiB - 3 GiB total inactive
+    assert sample.limit_unreclaimable_bytes == 4 * GIB          # 7 GiB - 3 GiB total file
     assert sample.memory_headroom_bytes == 4 * GIB
     assert sample.memory_usage_bytes == 6 * GIB
     assert sample.inactive_file_bytes == 2 * GIB                # total_, not the local counter
@@ -707,8 +710,9 @@ def test_diagnose_fake_host(fake_host, psi):
     assert target["effective_cpus"]["physical_cores"] == 8
     assert target["memory"]["cgroup"]["limit_bytes"] == 8 * GIB
     assert target["memory"]["cgroup"]["working_set_bytes"] == 5 * GIB
+    assert target["memory"]["cgroup"]["unreclaimable_bytes"] == 4 * GIB
     assert target["memory"]["limit_kind"] == "cgroup"
-    assert target["memory"]["headroom_bytes"] == 3 * GIB
+    assert target["memory"]["headroom_bytes"] == 4 * GIB   # 8 GiB - (6 - 1 - 1) GiB
     assert target["memory"]["rss_slope_bytes_per_second"] == 0.0
     assert target["memory"]["seconds_to_limit"] is None
     assert target["fds"] == {"open": 5, "limit": 1048576}

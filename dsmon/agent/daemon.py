@@ -168,11 +168,11 @@ class Agent:
         with self.lock:
             runtimes = list(self.targets.values())
         for runtime in runtimes:
-            for finding in runtime.evaluate(now, wall):
-                if finding.state == "firing":
+            for finding, state in runtime.evaluate(now, wall):
+                if state == "firing":
                     log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
                                 finding.severity, runtime.label, finding.summary)
-                elif finding.state == "resolved":
+                elif state == "resolved":
                     log.info("finding %s resolved on %s", finding.rule_id, runtime.label)
         self.publish()
 

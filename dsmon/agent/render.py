@@ -117,7 +117,11 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
             ("runnable_waiting_ratio", "dsmon_process_runnable_waiting_ratio",
              "Run-queue wait / (run + wait) over the last interval."),
             ("working_set_bytes", "dsmon_process_working_set_bytes",
-             "cgroup usage minus inactive page cache (RSS without a cgroup limit)."),
+             "cgroup usage minus inactive page cache, the kubelet's working set (RSS "
+             "without a cgroup limit)."),
+            ("unreclaimable_bytes", "dsmon_process_unreclaimable_memory_bytes",
+             "cgroup usage minus all page cache: what the OOM killer counts (RSS anon "
+             "without a cgroup limit)."),
             ("memory_limit_bytes", "dsmon_process_memory_limit_bytes",
              "The binding cgroup memory limit."),
             ("memory_headroom_bytes", "dsmon_process_memory_headroom_bytes",

@@ -90,8 +90,8 @@ class TargetRuntime:
 
     def evaluate(self, now: float, wall: float):
         changed = self.monitor.evaluate(now, wall)
-        for finding in changed:
-            if finding.state == "firing":
+        for finding, state in changed:
+            if state == "firing":
                 key = (finding.rule_id, finding.severity)
                 self.fired[key] = self.fired.get(key, 0) + 1
         return changed

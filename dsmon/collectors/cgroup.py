@@ -79,10 +79,17 @@ class CgroupSample:
     memory_limit_bytes: int | None = None     # the binding limit along the path; None = none
     memory_limit_at: str | None = None        # the cgroup (path as in /proc/<pid>/cgroup) setting it
     memory_headroom_bytes: int | None = None  # room before the binding level reaches its limit
-    limit_working_set_bytes: int | None = None  # working set of the level that sets the limit
+    limit_unreclaimable_bytes: int | None = None  # unreclaimable memory of the binding level
     memory_usage_bytes: int | None = None
     inactive_file_bytes: int | None = None
-    working_set_bytes: int | None = None      # usage - inactive file: what cannot be dropped
+    active_file_bytes: int | None = None
+    # usage - inactive file: the kubelet's "working set", what Kubernetes evicts on
+    working_set_bytes: int | None = None
+    # usage - all page cache (active and inactive file): what the OOM killer counts. File
+    # pages read twice move to the active list, yet the kernel reclaims them before it OOMs
+    # (measured: a 200 MiB cgroup with 170 MiB of re-read cache took 120 MiB more, no kill).
+    # tmpfs and shared memory sit on the anonymous lists, so they stay counted.
+    unreclaimable_bytes: int | None = None
     swap_usage_bytes: int | None = None
     oom_kills: int | None = None
     oom_events: int | None = None
@@ -153,11 +160,13 @@ def resolve_layout(paths: HostPaths, entries: list[tuple[str, list[str], str]]) 
     return layout
 
 
-def _inactive_file(directory: str, v2: bool) -> int | None:
+def _file_cache(directory: str, v2: bool) -> tuple[int | None, int | None]:
+    """(inactive, active) file pages; v1's total_ counters include descendants, like usage."""
     stat = parse_flat_keyed(read_text(os.path.join(directory, "memory.stat")))
-    # v1's total_ counters include descendants, like usage_in_bytes does.
-    return stat.get("inactive_file") if v2 else stat.get("total_inactive_file",
-                                                         stat.get("inactive_file"))
+    if v2:
+        return stat.get("inactive_file"), stat.get("active_file")
+    return (stat.get("total_inactive_file", stat.get("inactive_file")),
+            stat.get("total_active_file", stat.get("active_file")))
 
 
 def _join(root: str, cgroup_path: str) -> str:
@@ -207,10 +216,11 @@ class CgroupCollector:
         limit_file = "memory.max" if v2 else "memory.limit_in_bytes"
         usage_file = "memory.current" if v2 else "memory.usage_in_bytes"
         sample.memory_usage_bytes = int(read_text(os.path.join(directory, usage_file)))
-        inactive = _inactive_file(directory, v2)
-        sample.inactive_file_bytes = inactive
+        inactive, active = _file_cache(directory, v2)
+        sample.inactive_file_bytes, sample.active_file_bytes = inactive, active
         if inactive is not None:
             sample.working_set_bytes = max(0, sample.memory_usage_bytes - inactive)
+            sample.unreclaimable_bytes = max(0, sample.memory_usage_bytes - inactive - (active or 0))
         # The kernel OOM-kills when any level on the path reaches its own limit, and a parent's
         # usage includes its other children: the binding level is the one with least headroom.
         for level in _ancestors(directory, root):
@@ -221,18 +231,18 @@ class CgroupCollector:
             if limit is None:
                 continue
             if level == directory:
-                level_set = sample.working_set_bytes
+                level_used = sample.unreclaimable_bytes
             else:
                 level_usage = int(read_text(os.path.join(level, usage_file)))
-                level_inactive = _inactive_file(level, v2)
-                level_set = max(0, level_usage - (level_inactive or 0))
-            if level_set is None:
+                level_inactive, level_active = _file_cache(level, v2)
+                level_used = max(0, level_usage - (level_inactive or 0) - (level_active or 0))
+            if level_used is None:
                 continue
-            headroom = max(0, limit - level_set)
+            headroom = max(0, limit - level_used)
             if sample.memory_headroom_bytes is None or headroom < sample.memory_headroom_bytes:
                 sample.memory_headroom_bytes = headroom
                 sample.memory_limit_bytes = limit
-                sample.limit_working_set_bytes = level_set
+                sample.limit_unreclaimable_bytes = level_used
                 relative = os.path.relpath(level, root)
                 sample.memory_limit_at = "/" if relative == "." else "/" + relative
         events_file = "memory.events" if v2 else "memory.oom_control"

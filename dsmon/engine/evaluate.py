@@ -150,9 +150,10 @@ class Engine:
     history: list[Finding] = field(default_factory=list)
 
     def evaluate(self, store: FeatureStore, now: float, wall: float,
-                 context: dict[str, str]) -> list[Finding]:
-        """Evaluate all rules at `now`; returns the findings that changed state."""
-        changed: list[Finding] = []
+                 context: dict[str, str]) -> list[tuple[Finding, str]]:
+        """Evaluate all rules at `now`; returns (finding, new state) for each state change,
+        in order (a `for: 0` rule goes pending and firing in one evaluation)."""
+        changed: list[tuple[Finding, str]] = []
         values = None
         for rule in self.rules:
             evidence: list[Evidence] = []
@@ -167,12 +168,12 @@ class Engine:
                     finding = Finding(rule.id, rule.severity, "pending", context.get("target", ""),
                                       summary, hint, evidence, now, wall, capture=rule.capture)
                     self.active[rule.id] = finding
-                    changed.append(finding)
+                    changed.append((finding, finding.state))
                 finding.summary, finding.hint, finding.evidence = summary, hint, evidence
                 finding.last_true = now
                 if finding.state == "pending" and now - finding.since >= rule.for_s - 1e-6:
                     finding.state, finding.fired_at = "firing", now
-                    changed.append(finding)
+                    changed.append((finding, finding.state))
             elif finding is not None:
                 if finding.state == "pending":
                     del self.active[rule.id]
@@ -180,7 +181,7 @@ class Engine:
                     finding.state, finding.resolved_at = "resolved", now
                     del self.active[rule.id]
                     self.history.append(finding)
-                    changed.append(finding)
+                    changed.append((finding, finding.state))
         return changed
 
     def current(self) -> list[Finding]:

@@ -55,13 +55,14 @@ FEATURES: dict[str, Feature] = {
     "host_cpu_busy_ratio": Feature("ratio", "share of host CPU time busy"),
     # Memory
     "rss_bytes": Feature("bytes", "resident memory of the target"),
-    "working_set_bytes": Feature("bytes", "cgroup usage minus inactive page cache, or RSS without a cgroup limit"),
+    "working_set_bytes": Feature("bytes", "cgroup usage minus inactive page cache (the kubelet's working set), or RSS without a cgroup"),
+    "unreclaimable_bytes": Feature("bytes", "cgroup usage minus all page cache (what the OOM killer counts), or RSS anon+shmem without a cgroup limit"),
     "memory_limit_bytes": Feature("bytes", "the effective cgroup memory limit (absent when none)"),
     "memory_headroom_bytes": Feature("bytes", "room left: limit - working set, or host MemAvailable"),
-    "memory_limit_ratio": Feature("ratio", "working set / cgroup limit"),
+    "memory_limit_ratio": Feature("ratio", "unreclaimable memory / cgroup limit, at the level that sets it"),
     "cgroup_usage_ratio": Feature("ratio", "cgroup usage including page cache / limit"),
-    "page_cache_bytes": Feature("bytes", "inactive file pages charged to the cgroup (reclaimable)"),
-    "memory_growth_bytes_per_second": Feature("bytes_per_second", "slope of the working set"),
+    "page_cache_bytes": Feature("bytes", "file pages charged to the cgroup (reclaimable)"),
+    "memory_growth_bytes_per_second": Feature("bytes_per_second", "slope of the unreclaimable memory"),
     "seconds_to_memory_limit": Feature("seconds", "headroom / growth (absent when not growing)"),
     "oom_kills": Feature("count", "OOM kills in the target's cgroup (counter)"),
     "host_oom_kills": Feature("count", "OOM kills on the host (counter, /proc/vmstat)"),
@@ -182,24 +183,29 @@ class FeatureExtractor:
         limit = cgroup.memory_limit_bytes if cgroup else None
         if cgroup is not None:
             values["oom_kills"] = cgroup.oom_kills
-            values["page_cache_bytes"] = cgroup.inactive_file_bytes
+            if cgroup.inactive_file_bytes is not None:
+                values["page_cache_bytes"] = cgroup.inactive_file_bytes + (cgroup.active_file_bytes or 0)
         if cgroup is not None and cgroup.memory_headroom_bytes is not None \
-                and cgroup.working_set_bytes is not None:
-            working_set = cgroup.working_set_bytes
+                and cgroup.unreclaimable_bytes is not None:
+            unreclaimable = cgroup.unreclaimable_bytes
+            values["working_set_bytes"] = cgroup.working_set_bytes
             values["memory_limit_bytes"] = limit
             values["memory_headroom_bytes"] = cgroup.memory_headroom_bytes
             # Of the level that sets the limit: a parent's usage includes its other children.
-            values["memory_limit_ratio"] = _ratio(cgroup.limit_working_set_bytes, limit)
+            values["memory_limit_ratio"] = _ratio(cgroup.limit_unreclaimable_bytes, limit)
             values["cgroup_usage_ratio"] = _ratio(cgroup.memory_usage_bytes, limit) \
                 if cgroup.memory_limit_at == self.static.cgroup_layout.cgroup_path else None
             self.context["limit_kind"] = "cgroup limit"
         else:
-            working_set = process.rss_bytes
+            unreclaimable = process.rss_anon_bytes if process.rss_anon_bytes is not None \
+                else process.rss_bytes
+            # Without a limit the cgroup may hold many other processes: use the target's own.
+            values["working_set_bytes"] = process.rss_bytes
             values["memory_headroom_bytes"] = host.get("MemAvailable")
             self.context["limit_kind"] = "host MemAvailable"
-        values["working_set_bytes"] = working_set
-        if working_set is not None:
-            self._growth.append((tick.mono_ts, float(working_set)))
+        values["unreclaimable_bytes"] = unreclaimable
+        if unreclaimable is not None:
+            self._growth.append((tick.mono_ts, float(unreclaimable)))
             while self._growth and tick.mono_ts - self._growth[0][0] > GROWTH_WINDOW_S:
                 self._growth.popleft()
             slope = linear_slope(list(self._growth))

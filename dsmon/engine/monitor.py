@@ -51,7 +51,7 @@ class RuleMonitor:
     def engine_name(self) -> str:
         return self.extractor.context["engine"]
 
-    def observe(self, tick) -> list[Finding]:
+    def observe(self, tick) -> list[tuple[Finding, str]]:
         """Record the tick's features and evaluate at its time (what diagnose does)."""
         if not self.record(tick):
             return []
@@ -66,11 +66,10 @@ class RuleMonitor:
         self.store.add(tick.mono_ts, values)
         return True
 
-    def evaluate(self, now: float, wall: float) -> list[Finding]:
+    def evaluate(self, now: float, wall: float) -> list[tuple[Finding, str]]:
         changed = self.engine.evaluate(self.store, now, wall, self.extractor.context)
-        for finding in changed:
-            self.transitions.append(Transition(now, finding.rule_id, finding.severity,
-                                               finding.state))
+        for finding, state in changed:
+            self.transitions.append(Transition(now, finding.rule_id, finding.severity, state))
         return changed
 
     def findings(self) -> list[Finding]:

@@ -113,9 +113,12 @@ def render_text(report: dict) -> str:
         cgroup = mem.get("cgroup")
         if cgroup:
             out(f"  cgroup memory: limit {_bytes(cgroup['limit_bytes']) if cgroup['limit_bytes'] else 'none'}"
-                f", usage {_bytes(cgroup['usage_bytes'])}, working set "
-                f"{_bytes(cgroup['working_set_bytes'])} (page cache {_bytes(cgroup['inactive_file_bytes'])}"
-                f" reclaimable), OOM kills {cgroup['oom_kills'] if cgroup['oom_kills'] is not None else 'n/a'}")
+                + (f" (set at {cgroup['limit_set_at']})" if cgroup.get("limit_set_at") else "")
+                + f", usage {_bytes(cgroup['usage_bytes'])}: unreclaimable "
+                f"{_bytes(cgroup['unreclaimable_bytes'])}, page cache "
+                f"{_bytes((cgroup['inactive_file_bytes'] or 0) + (cgroup['active_file_bytes'] or 0))}"
+                f" (kubelet working set {_bytes(cgroup['working_set_bytes'])}), OOM kills "
+                f"{cgroup['oom_kills'] if cgroup['oom_kills'] is not None else 'n/a'}")
         out(f"  headroom to {mem.get('limit_kind') or 'limit'}: {_bytes(mem.get('headroom_bytes'))}"
             + (f", gone in {mem['seconds_to_limit']:.0f} s at this rate" if mem.get("seconds_to_limit")
                else ", not growing"))
