@@ -155,11 +155,13 @@ def snapshot(pid, output, paths):
               help="extra rule directory or file (repeatable)")
 @click.option("--disable-rule", "disabled", multiple=True, help="rule id to skip")
 @click.option("--max-series", type=click.IntRange(1), default=None, help="series cap (50000)")
+@click.option("--web-config", default=None, type=click.Path(),
+              help="TLS and basic auth file (Prometheus exporter-toolkit format)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @host_path_options
 def agent(config_path, listen, interval, rules_interval, discovery_interval, targets, rule_paths,
-          disabled, max_series, log_level, paths):
+          disabled, max_series, web_config, log_level, paths):
     """Run the monitoring agent: sample targets, evaluate rules, serve /metrics.
 
     Signals: SIGHUP reloads the configuration and rules (a broken file keeps the running
@@ -183,6 +185,7 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
         config = config.with_overrides(
             listen=listen, interval_s=interval, rules_interval_s=rules_interval,
             discovery_interval_s=discovery_interval, targets=specs, max_series=max_series,
+            web_config=web_config,
             rule_paths=tuple(config.rule_paths) + tuple(rule_paths),
             disabled_rules=tuple(config.disabled_rules) + tuple(disabled),
             procfs=paths.procfs if paths.procfs != "/proc" else None,
@@ -201,6 +204,13 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
         click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
                    err=True)
         sys.exit(EXIT_RULES)
+    if config.web_config:
+        from dsmon.sinks.webconfig import WebConfigError, load_web_config
+        try:
+            load_web_config(config.web_config)
+        except WebConfigError as exc:
+            click.echo(f"dsmon: invalid web config: {exc}", err=True)
+            sys.exit(EXIT_USAGE_CONFIG)
     try:
         sys.exit(run_forever(Agent(config, loaded_rules), load))
     except OSError as exc:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -304,3 +305,38 @@ def test_invalid_config_is_reported_with_every_problem(tmp_path):
     assert "interval: 'soon' is not a positive duration" in result.stderr
     assert "unknown key 'colour'" in result.stderr
     assert "pid 'abc' is not a number" in result.stderr
+
+
+def test_tls_and_basic_auth(tmp_path):
+    import base64
+    import ssl
+
+    import bcrypt
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {tmp_path / 'cert.pem'}\n"
+                   f"  key_file: {tmp_path / 'key.pem'}\nbasic_auth_users:\n"
+                   f"  prometheus: '{hashed}'\n")
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    context.check_hostname = False
+    with running_agent(tmp_path, "--target", "auto", "--web-config", str(web)) as (_, url, _n):
+        secure = url.replace("http://", "https://") + "/metrics"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(secure, context=context, timeout=5)
+        assert denied.value.code == 401
+        request = urllib.request.Request(secure, headers={
+            "Authorization": "Basic " + base64.b64encode(b"prometheus:s3cret").decode()})
+        with urllib.request.urlopen(request, context=context, timeout=5) as response:
+            assert b"dsmon_build_info" in response.read()
+        wrong = urllib.request.Request(secure, headers={
+            "Authorization": "Basic " + base64.b64encode(b"prometheus:nope").decode()})
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(wrong, context=context, timeout=5)
+        with pytest.raises(OSError):                              # plain HTTP is refused
+            urllib.request.urlopen(url + "/metrics", timeout=5).read()
+        with urllib.request.urlopen(request, context=context, timeout=5) as response:
+            assert response.status == 200                          # and the server lives on

@@ -238,6 +238,7 @@ class Agent:
 
     def start(self, serve: bool = True) -> None:
         from dsmon.sinks.http import start_server
+        from dsmon.sinks.webconfig import load_web_config
         self.discover()
         # The first host samples, each in its own thread: one that hangs must not hold back
         # READY; its job keeps trying on schedule and its success stays 0.
@@ -270,7 +271,8 @@ class Agent:
         self.scheduler.start()
         if serve:
             host, port = listen_address(config.listen)
-            self.server = start_server(self, host, port)
+            web = load_web_config(config.web_config) if config.web_config else None
+            self.server = start_server(self, host, port, web)
         status = f"{len(self.targets)} target(s): " + (", ".join(sorted(self.targets))
                                                       or "none (host-only mode)")
         self.notifier.ready(status)

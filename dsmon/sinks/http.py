@@ -69,10 +69,17 @@ td,th{{border:1px solid #999;padding:4px 8px;vertical-align:top}}</style></head>
 
 class _Handler(BaseHTTPRequestHandler):
     agent = None
+    web = None
     server_version = f"dsmon/{__version__}"
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0]
+        if self.web is not None and not self.web.authorized(self.headers.get("Authorization")):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="dsmon"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         try:
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.agent.exposition.registry))
@@ -107,9 +114,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def start_server(agent, host: str, port: int) -> _Server:
-    handler = type("Handler", (_Handler,), {"agent": agent})
+def start_server(agent, host: str, port: int, web=None) -> _Server:
+    handler = type("Handler", (_Handler,), {"agent": agent, "web": web})
     server = _Server((host, port), handler)
+    if web is not None and web.ssl_context is not None:
+        # The handshake happens in each request's thread, not in the accept loop, so a slow
+        # or broken client cannot stall the other scrapes.
+        server.socket = web.ssl_context.wrap_socket(server.socket, server_side=True,
+                                                    do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, name="dsmon-http", daemon=True)
     thread.start()
     return server
