@@ -469,7 +469,7 @@ def rate_delta(ticks: list[Tick], collector: str, attribute: str) -> float | Non
 
 
 def _memory_section(ticks: list[Tick], static: StaticFacts) -> dict:
-    first, last = ticks[0].data("process"), ticks[-1].data("process")
+    last = ticks[-1].data("process")
     rss_points = [(t.mono_ts, t.data("process").rss_bytes) for t in ticks
                   if t.data("process").rss_bytes is not None]
     slope = linear_slope(rss_points)

@@ -6,7 +6,7 @@ Loading is strict: unknown keys and bad values are reported all at once with whe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 try:
     import tomllib

@@ -149,10 +149,9 @@ class TargetResolver:
 
 
 def _unit_of(cgroup_path: str) -> str | None:
-    match = None
-    for match in _UNIT.finditer(cgroup_path or ""):
-        pass
-    return match.group(1) if match else None
+    """The innermost systemd service in a cgroup path ("/system.slice/vllm.service" -> vllm)."""
+    units = _UNIT.findall(cgroup_path or "")
+    return units[-1] if units else None
 
 
 def _unique_labels(found: list[Resolved]) -> list[Resolved]:

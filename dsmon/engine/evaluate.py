@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from dsmon.analysis import linear_slope, stddev
 from dsmon.engine.features import CONTEXT_FIELDS, FEATURES, FeatureStore
 from dsmon.engine.format import format_value
-from dsmon.engine.rules import SEVERITY_RANK, Group, Leaf, Rule
+from dsmon.engine.rules import SEVERITY_RANK, Leaf, Rule
 
 
 def aggregate(agg: str, points: list[tuple[float, float]]) -> float | None:
