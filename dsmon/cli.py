@@ -80,9 +80,11 @@ def _write(text: str, output: str | None) -> None:
               type=click.Path(), help="extra rule directory or file (repeatable); a rule with "
               "the id of a built-in one replaces it")
 @click.option("--disable-rule", "disabled", multiple=True, help="rule id to skip (repeatable)")
+@click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="answer NVML questions from a recording instead of the driver")
 @host_path_options
 def diagnose(pid, duration, interval, output_format, output, max_threads, rule_paths, disabled,
-             paths):
+             nvml_replay, paths):
     """Sample process PID over a short window and report what slows it down.
 
     Exit codes: 0 no warning or critical finding; 6 a warning and 7 a critical finding firing
@@ -98,11 +100,15 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
     from dsmon.report.text import render_text
     from dsmon.sampler import TargetNotFound
 
+    import logging
+    # The report's GPU and collector sections carry NVML's message and fix; no stderr copy.
+    logging.getLogger("dsmon.gpu").setLevel(logging.ERROR)
     if interval > duration:
         interval = duration
     try:
         report = run(paths, pid, DiagnoseOptions(duration, interval, max_threads,
-                                                 tuple(rule_paths), tuple(disabled)))
+                                                 tuple(rule_paths), tuple(disabled)),
+                     nvml=_nvml_backend(nvml_replay))
     except RuleLoadError as exc:
         click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
                    err=True)
@@ -220,6 +226,33 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
 
 EXIT_USAGE_CONFIG = 9
 EXIT_LISTEN = 10
+
+
+def _nvml_backend(replay: str | None):
+    """None for the real NVML, or a fake replaying a recording (tests/fixtures/gpu/*.json)."""
+    if replay is None:
+        return None
+    from dsmon.gpu.fake import FakeBackend
+    return FakeBackend(replay)
+
+
+@main.command()
+@click.argument("pid", type=int, required=False)
+@click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="answer NVML questions from a recording instead of the driver")
+@host_path_options
+def topo(pid, nvml_replay, paths):
+    """The GPU topology (`nvidia-smi topo -m`'s picture) and, with PID, where the process's
+    threads run against the CPUs local to its GPUs."""
+    from dsmon.diagnose import EXIT_NO_TARGET
+    from dsmon.gpu.topology import topo_command
+    from dsmon.sources import Gone
+
+    try:
+        click.echo(topo_command(paths, pid, _nvml_backend(nvml_replay)), nl=False)
+    except Gone as exc:
+        click.echo(f"dsmon: no process with pid {pid} ({exc.describe()})", err=True)
+        sys.exit(EXIT_NO_TARGET)
 
 
 @main.group()

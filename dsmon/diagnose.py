@@ -11,7 +11,8 @@ from dsmon import __version__
 from dsmon.analysis import analyse
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import load_rules
-from dsmon.model import Batch, Status
+from dsmon.gpu.sample import GpuCollector
+from dsmon.model import Batch, Status, run_collector
 from dsmon.observations import observe
 from dsmon.paths import HostPaths
 from dsmon.sampler import TargetSampler, Tick
@@ -92,7 +93,7 @@ def collector_summary(batches: list[Batch]) -> dict:
 
 
 def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sleep,
-             rules=None) -> dict:
+             rules=None, nvml=None) -> dict:
     """Run the whole diagnosis. Raises TargetNotFound when the pid names no process and
     RuleLoadError when a rule file is invalid (before any sampling)."""
     if rules is None:
@@ -103,7 +104,10 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         started_wall = time.time()
         static = sampler.static()
         monitor = RuleMonitor(static, rules)
+        gpu = GpuCollector(paths, nvml, targets=[pid])
+        gpu_first = run_collector("gpu", gpu.collect)
         ticks, end_reason = sample_window(sampler, options, sleep, monitor.observe)
+        gpu_last = run_collector("gpu", gpu.collect) if gpu_first.ok else gpu_first
         numa_end = sampler.numa() if end_reason != "target exited" else None
     finally:
         sampler.close()
@@ -113,7 +117,7 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         entry.update({name: features.get(name) for name in TIMELINE_FEATURES})
     live = [t for t in ticks if t.data("process") is not None]
     elapsed = live[-1].mono_ts - live[0].mono_ts if len(live) > 1 else 0.0
-    batches = [static.topology, static.environment, static.numa_start]
+    batches = [static.topology, static.environment, static.numa_start, gpu_last]
     batches += [b for t in ticks for b in t.batches.values()]
     if numa_end is not None:
         batches.append(numa_end)
@@ -145,9 +149,28 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         {"seconds": round(t.mono_ts - start, 3) if start is not None else None,
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
         for t in monitor.transitions]
+    report["gpu"] = gpu_section(gpu_first, gpu_last, pid)
     report["worst_firing_severity"] = monitor.worst_firing()
     report["observations"] = observe(report)
     return report
+
+
+def gpu_section(first, last, pid: int) -> dict:
+    """The GPUs at the end of the window, the target's GPU memory and its change, and NVML's
+    own findings (lost GPU, XID, ECC, throttling, degraded PCIe)."""
+    if not last.ok:
+        return {"status": last.status.value, "error": last.error, "hint": last.hint}
+    snapshot = last.data.to_dict()
+    usage_first = first.data.targets.get(pid) if first.ok else None
+    usage_last = last.data.targets.get(pid)
+    growth = None
+    if usage_first is not None and usage_last is not None and \
+            usage_first.memory_bytes is not None and usage_last.memory_bytes is not None:
+        span = last.wall_ts - first.wall_ts
+        growth = (usage_last.memory_bytes - usage_first.memory_bytes) / span if span > 0 else None
+    snapshot["status"] = last.status.value
+    snapshot["target_memory_growth_bytes_per_second"] = growth
+    return snapshot
 
 
 def exit_code(report: dict) -> int:

@@ -190,6 +190,38 @@ def render_text(report: dict) -> str:
                     f"({row['d_state_samples']} samples)")
         out("")
 
+    gpu = report.get("gpu")
+    if gpu is not None:
+        out("== GPUs")
+        if gpu.get("status") not in ("ok", "partial"):
+            out(f"  unavailable: {gpu.get('error')}")
+        else:
+            out(f"  driver {gpu.get('driver_version')}, {gpu.get('device_count')} GPU(s)")
+            for card in gpu.get("gpus", []):
+                util = card.get("utilization_gpu_ratio")
+                out(f"  GPU{card['index']} {card.get('name')}: memory {_bytes(card.get('memory_used_bytes'))}"
+                    f" of {_bytes(card.get('memory_total_bytes'))} (reserved "
+                    f"{_bytes(card.get('memory_reserved_bytes'))}), util {_pct(util)}, "
+                    f"{_num(card.get('temperature_celsius'), '{:.0f}')} C, "
+                    f"{_num(card.get('power_watts'), '{:.0f}')} W, PCIe gen "
+                    f"{card.get('pcie_gen_current')}/{card.get('pcie_gen_max')} x"
+                    f"{card.get('pcie_width_current')}/{card.get('pcie_width_max')}")
+            for pid, usage in (gpu.get("targets") or {}).items():
+                line = f"  target pid {pid}: {usage['status']}"
+                if usage.get("memory_bytes") is not None:
+                    line += f", GPU memory {_bytes(usage['memory_bytes'])} on GPU(s) " + \
+                        (", ".join(str(g) for g in usage.get("gpus", [])) or "none")
+                growth = gpu.get("target_memory_growth_bytes_per_second")
+                if growth:
+                    line += f", growing {_bytes(growth)}/s"
+                if usage.get("reason"):
+                    line += f" ({usage['reason']})"
+                out(line)
+            for finding in gpu.get("findings", []):
+                out(f"  [{finding['severity']}] {finding['code']}: {finding['summary']}")
+                out(f"      fix: {finding['hint']}")
+        out("")
+
     out("== Collectors")
     for name, entry in report["collectors"].items():
         line = f"  {name:<12} {entry['status']:<8} runs {entry['runs']}"
