@@ -131,6 +131,13 @@ class TargetSampler:
                 gone = "gone: pid was reused by another process"
         return Tick(mono, wall, batches, gone)
 
+    def cgroup_sample(self) -> Batch | None:
+        """One read of the target's cgroup, also after the process exited (its cgroup may
+        outlive it, e.g. to tell an OOM kill from a clean exit)."""
+        if self._cgroup is None:
+            return None
+        return run_collector("cgroup", self._cgroup.collect)
+
     def _sweep(self, read_switches):
         sweep = self.threads.sample(read_switches)
         return (sweep, dict(sweep.unavailable)) if sweep.unavailable else sweep

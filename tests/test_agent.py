@@ -340,3 +340,33 @@ def test_tls_and_basic_auth(tmp_path):
             urllib.request.urlopen(url + "/metrics", timeout=5).read()
         with urllib.request.urlopen(request, context=context, timeout=5) as response:
             assert response.status == 200                          # and the server lives on
+
+
+def test_a_target_killed_by_the_oom_killer_is_reported(tmp_path):
+    """The usual single-process case: the target itself is the OOM killer's victim, so no rule
+    can fire on it any more; the agent reports oom-killed for its label."""
+    from tests.helpers.cgroups import memory_cgroup, unavailable_reason
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with memory_cgroup(160 * 2**20) as group, group.workload("grow", "--rate-mib", "40") as target:
+        with running_agent(tmp_path, "--target", f"grower=pid:{target.pid}") as (agent, url, _):
+            deadline = time.monotonic() + 20
+            body = ""
+            while time.monotonic() < deadline:
+                body = get(url + "/metrics")
+                if metric(body, "dsmon_target_exits_total", target="grower",
+                          reason="oom_killed"):
+                    break
+                time.sleep(0.5)
+            assert target.poll() == -signal.SIGKILL
+            assert metric(body, "dsmon_target_exits_total", target="grower",
+                          reason="oom_killed") == 1
+            assert metric(body, "dsmon_finding_active", rule_id="oom-killed",
+                          severity="critical", target="grower") == 1
+            assert metric(body, "dsmon_findings_fired_total", rule_id="oom-killed",
+                          target="grower") >= 1
+            assert '"grower"' in get(url + "/findings")
+            # The zombie (not reaped yet) is not followed again as a live target.
+            time.sleep(1.5)
+            assert metric(get(url + "/metrics"), "dsmon_target_up", target="grower") in (None, 0)

@@ -27,7 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dsmon import __version__
 from dsmon.agent.config import AgentConfig, listen_address
 from dsmon.agent.notify import Notifier
-from dsmon.agent.render import render_findings, render_host, render_target
+from dsmon.agent.render import render_exits, render_findings, render_host, render_target
 from dsmon.agent.runtime import TargetRuntime
 from dsmon.agent.targets import TargetResolver
 from dsmon.collectors.topology import TopologyCollector
@@ -39,6 +39,9 @@ from dsmon.sinks.prometheus import Exposition, MetricsBuilder
 log = logging.getLogger("dsmon.agent")
 
 FIRST_SAMPLE_TIMEOUT_S = 2.0
+# A target that was OOM-killed is gone, so no rule can fire on it any more: the agent itself
+# reports `oom-killed` for its label this long (like the rule's keep_firing_for).
+OOM_KILLED_HOLD_S = 60.0
 
 
 @dataclass
@@ -69,6 +72,9 @@ class Agent:
         self.collector_health: dict[str, tuple[bool, float, float]] = {}
         self.collector_started: dict[str, float] = {}
         self.dropped_series = 0
+        self.fired: dict[tuple[str, str, str], int] = {}      # (rule_id, severity, target)
+        self.exits: dict[tuple[str, str], int] = {}           # (target, reason)
+        self.oom_killed: dict[str, float] = {}                # target -> when (monotonic)
         self.samples = 0
         self.stopping = threading.Event()
         self.exposition = Exposition(self._self_metrics)
@@ -155,9 +161,19 @@ class Agent:
                     self.collector_health[f"{name}"] = (batch.ok or batch.status is Status.NO_DATA
                                                         or bool(tick.target_gone),
                                                         batch.duration_s, time.monotonic())
-            if runtime.gone:
-                log.info("target %s (pid %d) exited: %s", runtime.label, runtime.resolved.pid,
-                         runtime.gone)
+            if runtime.gone and runtime.exit_reason and not runtime.exit_counted:
+                runtime.exit_counted = True
+                key = (runtime.label, runtime.exit_reason)
+                self.exits[key] = self.exits.get(key, 0) + 1
+                if runtime.exit_reason == "oom_killed":
+                    self.oom_killed[runtime.label] = time.monotonic()
+                    fired = ("oom-killed", "critical", runtime.label)
+                    self.fired[fired] = self.fired.get(fired, 0) + 1
+                    log.warning("target %s (pid %d) was killed by the OOM killer in its cgroup",
+                                runtime.label, runtime.resolved.pid)
+                else:
+                    log.info("target %s (pid %d) exited: %s", runtime.label,
+                             runtime.resolved.pid, runtime.gone)
         self.publish()
 
     def evaluate_rules(self) -> None:
@@ -170,6 +186,8 @@ class Agent:
         for runtime in runtimes:
             for finding, state in runtime.evaluate(now, wall):
                 if state == "firing":
+                    key = (finding.rule_id, finding.severity, runtime.label)
+                    self.fired[key] = self.fired.get(key, 0) + 1
                     log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
                                 finding.severity, runtime.label, finding.summary)
                 elif state == "resolved":
@@ -191,9 +209,20 @@ class Agent:
         with self.lock:
             out = MetricsBuilder(self.config.max_series)
             render_host(out, self.host_batches, self.topology)
+            active: set[tuple[str, str, str]] = set()
             for runtime in self.targets.values():
-                render_target(out, runtime, self.config.max_pools)
-                render_findings(out, runtime)
+                with runtime.lock:
+                    render_target(out, runtime, self.config.max_pools)
+                    active |= {(f.rule_id, f.severity, runtime.label)
+                               for f in runtime.monitor.engine.current() if f.state == "firing"}
+            now = time.monotonic()
+            for label, when in list(self.oom_killed.items()):
+                if now - when <= OOM_KILLED_HOLD_S:
+                    active.add(("oom-killed", "critical", label))
+                else:
+                    del self.oom_killed[label]
+            render_findings(out, active, self.fired)
+            render_exits(out, self.exits)
             self.dropped_series += out.dropped
             if out.dropped:
                 log.warning("series cap %d reached: %d series dropped", out.max_series,

@@ -143,11 +143,20 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
               tick.wall_ts, target=label)
 
 
-def render_findings(out: MetricsBuilder, runtime) -> None:
-    for finding in runtime.monitor.engine.current():
-        if finding.state == "firing":
-            out.gauge("dsmon_finding_active", "1 while a finding fires.", 1,
-                      rule_id=finding.rule_id, severity=finding.severity, target=runtime.label)
-    for (rule_id, severity), count in sorted(runtime.fired.items()):
+def render_findings(out: MetricsBuilder, active: set[tuple[str, str, str]],
+                    fired: dict[tuple[str, str, str], int]) -> None:
+    """`active`: (rule_id, severity, target) firing now; `fired`: how often each started
+    firing, kept per target label across restarts so the counter does not reset."""
+    for rule_id, severity, target in sorted(active):
+        out.gauge("dsmon_finding_active", "1 while a finding fires.", 1,
+                  rule_id=rule_id, severity=severity, target=target)
+    for (rule_id, severity, target), count in sorted(fired.items()):
         out.counter("dsmon_findings_fired", "Times a finding started firing.", count,
-                    rule_id=rule_id, severity=severity, target=runtime.label)
+                    rule_id=rule_id, severity=severity, target=target)
+
+
+def render_exits(out: MetricsBuilder, exits: dict[tuple[str, str], int]) -> None:
+    for (target, reason), count in sorted(exits.items()):
+        out.counter("dsmon_target_exits", "Target processes that exited, by reason "
+                    "(oom_killed when their cgroup's OOM-kill count rose).", count,
+                    target=target, reason=reason)

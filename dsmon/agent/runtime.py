@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -59,9 +60,13 @@ class TargetRuntime:
         self.last_tick: Tick | None = None
         self.previous_tick: Tick | None = None
         self.numa_memory = self.static.numa_start.data if self.static.numa_start.ok else None
-        self.fired: dict[tuple[str, str], int] = {}
         self.gone = ""
+        self.exit_reason = ""              # "oom_killed" or "exited", once gone
+        self.exit_counted = False
         self.since_wall = time.time()
+        # The sample and rules jobs run on different threads; the feature store and the
+        # engine's state are shared between them.
+        self.lock = threading.Lock()
 
     @property
     def label(self) -> str:
@@ -71,9 +76,14 @@ class TargetRuntime:
         self.sampler.close()
 
     def sample(self, host_batches) -> Tick:
+        with self.lock:
+            return self._sample(host_batches)
+
+    def _sample(self, host_batches) -> Tick:
         tick = self.sampler.tick(host_batches=host_batches)
-        if tick.target_gone:
+        if tick.target_gone and not self.gone:
             self.gone = tick.target_gone
+            self.exit_reason = self._why_it_exited()
         sweep = tick.data("threads")
         if sweep is not None:
             self.totals.update(sweep)
@@ -82,19 +92,26 @@ class TargetRuntime:
             self.previous_tick, self.last_tick = self.last_tick, tick
         return tick
 
+    def _why_it_exited(self) -> str:
+        """"oom_killed" when the cgroup's OOM-kill count rose since the last sample."""
+        before = self.last_tick.data("cgroup") if self.last_tick is not None else None
+        after = self.sampler.cgroup_sample()
+        if before is not None and after is not None and after.ok and \
+                before.oom_kills is not None and after.data.oom_kills is not None and \
+                after.data.oom_kills > before.oom_kills:
+            return "oom_killed"
+        return "exited"
+
     def refresh_numa(self) -> None:
         batch = self.sampler.numa()
         if batch.ok:
-            self.numa_memory = batch.data
-            self.monitor.extractor.set_numa_memory(batch.data)
+            with self.lock:
+                self.numa_memory = batch.data
+                self.monitor.extractor.set_numa_memory(batch.data)
 
     def evaluate(self, now: float, wall: float):
-        changed = self.monitor.evaluate(now, wall)
-        for finding, state in changed:
-            if state == "firing":
-                key = (finding.rule_id, finding.severity)
-                self.fired[key] = self.fired.get(key, 0) + 1
-        return changed
+        with self.lock:
+            return self.monitor.evaluate(now, wall)
 
     def pools(self, max_pools: int) -> list[tuple[str, int, float | None]]:
         """(pool, threads, CPU cores over the last interval), the busiest first; pools past

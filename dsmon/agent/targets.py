@@ -80,6 +80,10 @@ class TargetResolver:
         except SourceError as exc:
             self.problems[spec.describe()] = f"pid {pid}: {exc.describe()}"
             return []
+        if stat.state == "Z":
+            # It exited; its parent has not reaped it yet. Following it would read nothing.
+            self.problems[spec.describe()] = f"pid {pid} has exited (zombie)"
+            return []
         return [Resolved(spec.name, pid, stat.start_ticks, spec)]
 
     def _top_level(self, spec, matches: list[ProcessEntry], processes) -> list[Resolved]:

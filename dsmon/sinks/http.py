@@ -31,7 +31,10 @@ def findings_document(agent) -> dict:
             "gone": runtime.gone or None,
             "findings": [finding.as_dict() for finding in runtime.monitor.engine.current()],
         })
+    now = time.monotonic()
     return {"dsmon_version": __version__, "generated_at": time.time(), "targets": targets,
+            "oom_killed_seconds_ago": {label: round(now - when, 1)
+                                       for label, when in agent.oom_killed.items()},
             "unresolved": agent.resolver.problems}
 
 

@@ -1,0 +1,453 @@
+"""The Grafana dashboards in dashboards/: their structure, then every panel query against a
+real stack (three dsmon agents watching spawned processes, Prometheus with the repo's rules).
+
+Structure: valid JSON, schemaVersion 39, stable uids, unique panel ids, a `datasource`
+variable used by every panel and target, `instance`/`target` variables from label_values()
+(no hard-coded instance), every variable used, Grafana core panel types, the GPU row collapsed
+and marked "awaiting the GPU issue", every dsmon_* metric exported by the agent and every
+dsmon:* series recorded by rules/prometheus/dsmon-alerts.yml, and every query parsed by
+promtool.
+
+Live: every panel's every query (GPU row excepted: dashboards/README.md says why), with the
+variables resolved as Grafana would (the variables' own label_values() queries against
+Prometheus), through /api/v1/query_range over the last 20 s, must return data. Conditions the
+panels need are created, not skipped: a process growing slowly inside a memory cgroup with a
+limit (memory limit, headroom, time to OOM, oom-risk-warning) and a process started with
+OMP_NUM_THREADS=8 on this 2-core machine (thread-oversubscription), so the findings panels have
+rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.helpers.prometheus_stack import JOB, RULES_FILE, PrometheusStack, missing_binaries
+from tests.helpers.spawn import REPO, workload
+
+DASHBOARD_DIR = REPO / "dashboards"
+FILES = {"dsmon-host": DASHBOARD_DIR / "dsmon-host.json",
+         "dsmon-fleet": DASHBOARD_DIR / "dsmon-fleet.json"}
+GPU_ROW_MARK = "awaiting the GPU issue"
+DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
+MIB = 1 << 20
+
+# Grafana 10/11 core panel plugins (no external plugin needed to import the dashboards).
+CORE_PANEL_TYPES = {
+    "row", "timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text",
+    "piechart", "state-timeline", "status-history", "histogram", "barchart", "xychart",
+    "trend", "candlestick", "logs", "nodeGraph", "traces", "flamegraph", "geomap", "canvas",
+    "news", "dashlist", "alertlist", "annolist", "datagrid", "welcome", "gettingstarted",
+}
+
+# What Grafana substitutes for its built-in interval variables in this test: a 1 s scrape
+# interval with the Prometheus data source's default 15 s "scrape interval" setting gives
+# $__rate_interval = 1m; the live window is 20 s.
+BUILTINS = {"$__rate_interval": "1m", "${__rate_interval}": "1m", "$__interval": "5s",
+            "${__interval}": "5s", "$__range": "20s", "${__range}": "20s", "$__range_s": "20",
+            "$__range_ms": "20000"}
+LIVE_WINDOW_S = 20.0
+
+
+# -- loading --------------------------------------------------------------------------------
+
+def load(uid: str) -> dict:
+    return json.loads(FILES[uid].read_text(encoding="utf-8"))
+
+
+def _try_load(uid: str) -> dict | None:
+    try:
+        return load(uid)
+    except (OSError, ValueError):
+        return None
+
+
+def walk(panels: list) -> list[tuple[dict, dict | None]]:
+    """(panel, the row it is nested in) for every panel, rows and collapsed rows' panels."""
+    found = []
+    for panel in panels:
+        found.append((panel, None))
+        for inner in panel.get("panels", []) or []:
+            found.append((inner, panel))
+    return found
+
+
+def gpu_row_panels(dashboard: dict) -> set[int]:
+    """Ids of the panels inside the GPU row (collapsed: nested in the row; expanded: the
+    panels after the row up to the next row)."""
+    ids: set[int] = set()
+    in_row = False
+    for panel in dashboard["panels"]:
+        if panel.get("type") == "row":
+            in_row = GPU_ROW_MARK in panel.get("title", "")
+            if in_row:
+                ids.update(p["id"] for p in panel.get("panels", []) or [])
+            continue
+        if in_row:
+            ids.add(panel["id"])
+    return ids
+
+
+def live_panels(uid: str) -> list[tuple[str, dict]]:
+    """(test id, panel) of every panel with queries outside the GPU row."""
+    dashboard = _try_load(uid)
+    if dashboard is None:
+        return []
+    skipped = gpu_row_panels(dashboard)
+    out = []
+    for panel, _row in walk(dashboard["panels"]):
+        if panel.get("type") == "row" or not panel.get("targets") or panel["id"] in skipped:
+            continue
+        slug = re.sub(r"[^a-z0-9]+", "-", panel.get("title", "").lower()).strip("-")
+        out.append((f"{uid}:{panel['id']}:{slug}", panel))
+    return out
+
+
+def variable_names(dashboard: dict) -> list[str]:
+    return [v["name"] for v in dashboard["templating"]["list"]]
+
+
+def variable(dashboard: dict, name: str) -> dict:
+    return next(v for v in dashboard["templating"]["list"] if v["name"] == name)
+
+
+def variable_query(var: dict) -> str:
+    query = var.get("query")
+    return query.get("query", "") if isinstance(query, dict) else (query or "")
+
+
+def uses(text: str, name: str) -> bool:
+    return bool(re.search(r"\$\{" + name + r"(:[^}]*)?\}|\$" + name + r"\b|\[\[" + name + r"\]\]",
+                          text))
+
+
+def all_exprs(dashboard: dict, include_gpu_row: bool = True) -> list[str]:
+    skipped = set() if include_gpu_row else gpu_row_panels(dashboard)
+    return [target["expr"] for panel, _ in walk(dashboard["panels"])
+            if panel["id"] not in skipped for target in panel.get("targets", []) or []]
+
+
+def substitute(expr: str, values: dict[str, str]) -> str:
+    """Grafana's interpolation: built-ins and dashboard variables (longest names first)."""
+    for key in sorted(BUILTINS, key=len, reverse=True):
+        expr = expr.replace(key, BUILTINS[key])
+    for name in sorted(values, key=len, reverse=True):
+        expr = re.sub(r"\$\{" + name + r"\}|\$" + name + r"\b|\[\[" + name + r"\]\]",
+                      lambda _m, value=values[name]: value, expr)
+    assert "$" not in expr, f"unsubstituted variable in {expr}"
+    return expr
+
+
+def regex_value(values: list[str]) -> str:
+    """A multi-value variable as Grafana writes it into a PromQL regex matcher: (a|b), each
+    value's regex metacharacters escaped (a backslash doubled inside the PromQL string)."""
+    escaped = [re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\\\1", value) for value in values]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+# -- structure ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uid", sorted(FILES))
+def test_valid_json_identity_and_schema(uid):
+    dashboard = load(uid)                                # raises on invalid JSON
+    assert dashboard["uid"] == uid
+    assert dashboard["schemaVersion"] == 39
+    assert dashboard.get("id") is None                   # importable into any Grafana
+    assert dashboard["title"] and dashboard["panels"]
+    assert "dsmon" in dashboard.get("tags", [])
+    assert isinstance(dashboard["templating"]["list"], list)
+
+
+def test_unique_panel_ids_and_uids():
+    uids = [load(uid)["uid"] for uid in FILES]
+    assert len(set(uids)) == len(uids)
+    for uid in FILES:
+        ids = [panel["id"] for panel, _ in walk(load(uid)["panels"])]
+        assert all(isinstance(i, int) for i in ids)
+        duplicates = {i for i in ids if ids.count(i) > 1}
+        assert not duplicates, f"{uid}: duplicate panel ids {duplicates}"
+
+
+@pytest.mark.parametrize("uid", sorted(FILES))
+def test_datasource_variable_used_by_every_panel_and_target(uid):
+    dashboard = load(uid)
+    source = variable(dashboard, "datasource")
+    assert source["type"] == "datasource" and source["query"] == "prometheus"
+    for panel, _ in walk(dashboard["panels"]):
+        if panel["type"] == "row":
+            continue
+        if panel["type"] != "text" or "datasource" in panel:
+            assert panel.get("datasource") == DATASOURCE_REF, (uid, panel["title"])
+        for target in panel.get("targets", []) or []:
+            assert target.get("datasource") == DATASOURCE_REF, (uid, panel["title"], target)
+            assert target.get("expr", "").strip(), (uid, panel["title"], target)
+        refs = [t["refId"] for t in panel.get("targets", []) or []]
+        assert len(refs) == len(set(refs)), (uid, panel["title"], refs)
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            assert var["datasource"] == DATASOURCE_REF, var["name"]
+
+
+@pytest.mark.parametrize("uid", sorted(FILES))
+def test_instance_and_target_variables_come_from_label_values(uid):
+    dashboard = load(uid)
+    for name in ("instance", "target"):
+        var = variable(dashboard, name)
+        assert var["type"] == "query"
+        query = variable_query(var)
+        assert re.fullmatch(r"label_values\((.+),\s*" + name + r"\)", query), query
+        assert var.get("definition", query) == query
+    assert uses(variable_query(variable(dashboard, "target")), "instance")   # chained
+
+
+@pytest.mark.parametrize("uid", sorted(FILES))
+def test_every_variable_is_used_and_no_instance_is_hard_coded(uid):
+    dashboard = load(uid)
+    panels_text = json.dumps(dashboard["panels"])
+    for name in variable_names(dashboard):
+        assert uses(panels_text, name), f"{uid}: variable {name} is never used by a panel"
+    for expr in all_exprs(dashboard):
+        for match in re.finditer(r'instance\s*=~?\s*"([^"]*)"', expr):
+            assert match.group(1) in ("$instance", "${instance}"), expr
+        assert not re.search(r"\b\d{1,3}(\.\d{1,3}){3}\b|:\d{4,5}\b|localhost", expr), expr
+        assert not re.search(r'target\s*=~?\s*"(?!\$target|\$\{target\})', expr), expr
+
+
+@pytest.mark.parametrize("uid", sorted(FILES))
+def test_panel_types_are_grafana_core_and_grid_fits(uid):
+    for panel, _ in walk(load(uid)["panels"]):
+        assert panel["type"] in CORE_PANEL_TYPES, (uid, panel["title"], panel["type"])
+        grid = panel["gridPos"]
+        assert 0 < grid["w"] <= 24 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, \
+            (uid, panel["title"], grid)
+        assert panel.get("title"), panel
+    titles = [panel["title"] for panel, _ in walk(load(uid)["panels"])]
+    assert len(titles) == len(set(titles)), f"{uid}: panel titles repeat"
+
+
+def test_gpu_row_is_collapsed_documented_and_the_only_place_with_gpu_queries():
+    host = load("dsmon-host")
+    rows = [p for p in host["panels"] if p["type"] == "row" and GPU_ROW_MARK in p["title"]]
+    assert len(rows) == 1, "the host dashboard needs exactly one GPU row"
+    row = rows[0]
+    assert row["collapsed"] is True and row["panels"], row["title"]
+    assert row is host["panels"][-1], "the GPU row comes last"
+    readme = (DASHBOARD_DIR / "README.md").read_text(encoding="utf-8")
+    assert GPU_ROW_MARK in readme
+    for uid in FILES:
+        for expr in all_exprs(load(uid), include_gpu_row=False):
+            assert "gpu" not in expr.lower(), (uid, expr)
+
+
+def _exported_metric_patterns() -> list[re.Pattern]:
+    """The families the agent writes, from its source (counters get _total)."""
+    patterns = []
+    for source in (REPO / "dsmon" / "agent" / "render.py", REPO / "dsmon" / "agent" / "daemon.py"):
+        text = source.read_text(encoding="utf-8")
+        counters = set(re.findall(r'out\.counter\(\s*f?"(dsmon_[a-z0-9_{}]+)"', text))
+        # Every literal family name: direct out.gauge/out.counter calls and the (feature,
+        # name, help) tables the renderer loops over into out.gauge.
+        for name in set(re.findall(r'f?"(dsmon_[a-z0-9_{}]+)"', text)):
+            regex = re.sub(r"\\\{[a-z_]+\\\}", "[a-z_]+", re.escape(name))
+            patterns.append(re.compile(regex + ("_total" if name in counters else "") + "$"))
+    return patterns
+
+
+def test_queried_metrics_are_exported_and_recorded():
+    patterns = _exported_metric_patterns()
+    assert len(patterns) > 30
+    recorded = {rule["record"] for group in yaml.safe_load(RULES_FILE.read_text())["groups"]
+                for rule in group["rules"] if "record" in rule}
+    for uid in FILES:
+        for expr in all_exprs(load(uid), include_gpu_row=False):
+            for name in re.findall(r"\b(dsmon_[a-z0-9_]+)", expr):
+                assert any(p.match(name) for p in patterns), \
+                    f"{uid}: {name} is not exported by the agent ({expr})"
+            for name in re.findall(r"\b(dsmon:[a-z0-9_:]+)", expr):
+                assert name in recorded, f"{uid}: {name} is not a recording rule ({expr})"
+
+
+def test_every_query_parses(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    rules = []
+    for uid in FILES:
+        dashboard = load(uid)
+        values = {name: "x" for name in variable_names(dashboard)}
+        values.update(instance="127.0.0.1:9848", target="srv")
+        exprs = all_exprs(dashboard) + [
+            variable_query(v).removeprefix("label_values(").rsplit(",", 1)[0]
+            for v in dashboard["templating"]["list"] if v["type"] == "query"]
+        for index, expr in enumerate(exprs):
+            rules.append({"record": f"dashboard_check:{uid.replace('-', '_')}_{index}",
+                          "expr": substitute(expr, values)})
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- live -----------------------------------------------------------------------------------
+
+def _skip_reason() -> str | None:
+    reason = missing_binaries(alertmanager=False)
+    if reason:
+        return reason
+    from tests.helpers.cgroups import unavailable_reason
+    cgroup = unavailable_reason()
+    return f"no memory cgroup for the memory-limit panels: {cgroup}" if cgroup else None
+
+
+class Live:
+    def __init__(self, stack: PrometheusStack, values: dict[str, dict[str, str]],
+                 instances: list[str], rich: str):
+        self.stack = stack
+        self.values = values          # dashboard uid -> variable -> substituted text
+        self.instances = instances
+        self.rich = rich              # the instance the host dashboard is checked on
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from tests.helpers.cgroups import memory_cgroup
+    directory = tmp_path_factory.mktemp("dashboards-stack")
+    omp = dict(os.environ, OMP_NUM_THREADS="8")
+    # Agent 0: a process growing 0.5 MiB/s in a 256 MiB cgroup (limit, headroom, time to the
+    # limit ~8 min: oom-risk-warning) and one asking for 8 OpenMP threads on 2 cores
+    # (thread-oversubscription). Agents 1 and 2: healthy services.
+    with PrometheusStack(directory, agents=3, alertmanager=False) as stack, \
+            memory_cgroup(256 * MIB, prefix="dsmon-dash") as group, \
+            group.workload("grow", "--rate-mib", "0.5") as grower, \
+            workload("threads", "--busy", "1", "--idle", "3", env=omp) as llm, \
+            workload("threads", "--busy", "1", "--idle", "3") as svc_b, \
+            workload("threads", "--busy", "1", "--idle", "3") as svc_c:
+        stack.start_agent(0, {"mem": grower.pid, "llm": llm.pid})
+        stack.start_agent(1, {"svc-b": svc_b.pid})
+        stack.start_agent(2, {"svc-c": svc_c.pid})
+        rich = stack.agent_instance(0)
+        try:
+            stack.wait_until(lambda: len(stack.query(f'up{{job="{JOB}"}} == 1')) == 3, 30,
+                             "Prometheus scraping all three agents")
+            data_since = time.monotonic()
+            stack.wait_until(lambda: len(stack.query(
+                f'dsmon_finding_active{{instance="{rich}"}} == 1')) >= 2, 60,
+                "thread-oversubscription and oom-risk-warning firing on agent 0")
+            stack.wait_until(lambda: stack.query(
+                f'dsmon_process_memory_limit_eta_seconds{{instance="{rich}"}}'), 30,
+                "a time to the memory limit")
+            remaining = LIVE_WINDOW_S + 2 - (time.monotonic() - data_since)
+            if remaining > 0:
+                time.sleep(remaining)
+            values = _resolve_variables(stack, rich)
+        except BaseException:
+            print(stack.logs())
+            raise
+        yield Live(stack, values, [stack.agent_instance(i) for i in range(3)], rich)
+
+
+def _label_values(stack: PrometheusStack, var: dict, values: dict[str, str]) -> list[str]:
+    """Evaluate a label_values(match, label) variable as Grafana does."""
+    match = re.fullmatch(r"label_values\((.+),\s*([a-zA-Z_]+)\)", variable_query(var))
+    selector = substitute(match.group(1), values)
+    return stack.label_values(match.group(2), selector, seconds=120)
+
+
+def _resolve_variables(stack: PrometheusStack, rich: str) -> dict[str, dict[str, str]]:
+    resolved = {}
+    host = load("dsmon-host")
+    instances = _label_values(stack, variable(host, "instance"), {})
+    assert rich in instances, instances
+    host_values = {"datasource": "prometheus", "instance": rich}
+    targets = _label_values(stack, variable(host, "target"), host_values)
+    assert set(targets) == {"mem", "llm"}, targets
+    host_values["target"] = regex_value(targets)
+    resolved["dsmon-host"] = host_values
+    fleet = load("dsmon-fleet")
+    instances = _label_values(stack, variable(fleet, "instance"), {})
+    assert set(instances) == {stack.agent_instance(i) for i in range(3)}, instances
+    fleet_values = {"datasource": "prometheus", "instance": regex_value(instances)}
+    targets = _label_values(stack, variable(fleet, "target"), fleet_values)
+    assert set(targets) == {"mem", "llm", "svc-b", "svc-c"}, targets
+    fleet_values["target"] = regex_value(targets)
+    resolved["dsmon-fleet"] = fleet_values
+    return resolved
+
+
+LIVE_CASES = [pytest.param(uid, panel, id=case) for uid in sorted(FILES)
+              for case, panel in live_panels(uid)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("uid,panel", LIVE_CASES)
+def test_panel_has_data(live, uid, panel):
+    values = live.values[uid]
+    for target in panel["targets"]:
+        expr = substitute(target["expr"], values)
+        series = live.stack.query_range(expr, seconds=LIVE_WINDOW_S, step=2)
+        points = sum(len(s["values"]) for s in series)
+        assert series and points, \
+            f"{uid} panel {panel['title']!r} query {target['refId']} is empty: {expr}"
+        if target.get("instant"):
+            now = live.stack.query(expr)
+            assert now, f"{uid} panel {panel['title']!r} instant query {target['refId']} " \
+                        f"is empty: {expr}"
+
+
+def _panel(uid: str, title: str) -> dict:
+    return next(p for p, _ in walk(load(uid)["panels"]) if p.get("title") == title)
+
+
+def _instant(live: Live, uid: str, title: str) -> list:
+    return live.stack.query(substitute(_panel(uid, title)["targets"][0]["expr"],
+                                       live.values[uid]))
+
+
+@pytest.mark.slow
+def test_panel_values_match_the_setup(live):
+    """A few panels read what the test set up, not merely something. Retried for up to 10 s:
+    on a loaded machine one scrape may time out (up == 0 for a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return _check_values(live)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def _check_values(live: Live) -> None:
+    assert [float(s["value"][1]) for s in _instant(live, "dsmon-fleet",
+                                                   "Agents down (should read 0)")] == [0.0]
+    assert [float(s["value"][1]) for s in _instant(live, "dsmon-fleet", "Agents up")] == [3.0]
+    assert [float(s["value"][1]) for s in _instant(live, "dsmon-fleet",
+                                                   "Targets followed")] == [4.0]
+    ranked = {s["metric"]["instance"]: float(s["value"][1])
+              for s in _instant(live, "dsmon-fleet", "Hosts ranked by active findings")}
+    assert set(ranked) == set(live.instances), ranked          # hosts without findings: 0
+    assert ranked[live.rich] >= 2, ranked                        # the two findings set up
+    findings = {(s["metric"]["target"], s["metric"]["rule_id"])
+                for s in _instant(live, "dsmon-host", "Active findings")}
+    assert {("llm", "thread-oversubscription"), ("mem", "oom-risk-warning")} <= findings
+    limit_query = substitute(_panel("dsmon-host", "Memory vs limit")["targets"][1]["expr"],
+                             live.values["dsmon-host"])
+    limits = {s["metric"]["target"]: float(s["value"][1]) for s in live.stack.query(limit_query)}
+    assert limits.get("mem") == 256 * MIB, limits
+    cpus = _instant(live, "dsmon-host", "Per-core CPU busy")
+    topology = live.stack.query(f'dsmon_cpu_info{{instance="{live.rich}"}}')
+    assert len(cpus) == len(topology) >= 1, (cpus, topology)      # one heatmap row per CPU
+    headroom = {s["metric"]["target"]: float(s["value"][1]) for s in
+                _instant(live, "dsmon-fleet", "Least memory headroom (share of the limit)")}
+    assert set(headroom) == {"mem"} and 0 < headroom["mem"] < 1, headroom
