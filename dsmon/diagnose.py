@@ -61,6 +61,10 @@ def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
     try:
         for index in range(1, count + 1):
             delay = start + index * options.interval_s - time.monotonic()
+            if delay < -options.interval_s / 2 and index < count:
+                # Starved past half an interval: skip this slot rather than sample twice in a
+                # row, since rates over a few milliseconds of 10 ms clock ticks are noise.
+                continue
             if delay > 0:
                 sleep(delay)
             tick = sampler.tick(read_switches=(index == count) or None)

@@ -57,10 +57,11 @@ class Evidence:
     threshold: float | None
     met: bool | None          # None: not enough data to decide
     points: int
+    negated: bool = False     # inside a `none:` group: when met, it argues against the finding
 
     def as_dict(self) -> dict:
-        unit = FEATURES[self.feature].unit
-        return {"feature": self.feature, "aggregation": self.agg, "window_seconds": self.window_s,
+        unit = "count" if self.agg == "count" else FEATURES[self.feature].unit
+        return {"feature": self.feature, "negated": self.negated, "aggregation": self.agg, "window_seconds": self.window_s,
                 "value": _clean(self.value), "op": self.op, "threshold": _clean(self.threshold),
                 "met": self.met, "points": self.points, "unit": unit,
                 "text": f"{self.agg}({self.feature}) over {self.window_s:g}s = "
@@ -72,7 +73,8 @@ def _clean(value):
     return None if value is None else round(value, 6)
 
 
-def evaluate_condition(node, store: FeatureStore, now: float, evidence: list[Evidence]) -> bool | None:
+def evaluate_condition(node, store: FeatureStore, now: float, evidence: list[Evidence],
+                       negated: bool = False) -> bool | None:
     """True, False, or None when the data cannot decide (treated as not met)."""
     if isinstance(node, Leaf):
         points = store.window(node.feature, now, node.window_s)
@@ -85,9 +87,10 @@ def evaluate_condition(node, store: FeatureStore, now: float, evidence: list[Evi
                 reference * node.value_of.factor + node.value_of.offset
         met = None if value is None or threshold is None else _COMPARE[node.op](value, threshold)
         evidence.append(Evidence(node.feature, node.agg, node.window_s, value, node.op, threshold,
-                                 met, len(points)))
+                                 met, len(points), negated))
         return met
-    results = [evaluate_condition(child, store, now, evidence) for child in node.children]
+    inner = negated != (node.kind == "none")
+    results = [evaluate_condition(child, store, now, evidence, inner) for child in node.children]
     if node.kind == "all":
         return all(r is True for r in results)
     if node.kind == "any":
@@ -116,7 +119,9 @@ class Finding:
             return None if value is None or start_mono is None else round(value - start_mono, 3)
         return {"rule_id": self.rule_id, "severity": self.severity, "state": self.state,
                 "subject": self.subject, "summary": self.summary, "hint": self.hint,
-                "evidence": [e.as_dict() for e in self.evidence if e.met],
+                # What held and supports the verdict; `none:` conditions that held are counter-
+                # evidence, listed only in evidence_all.
+                "evidence": [e.as_dict() for e in self.evidence if e.met and not e.negated],
                 "evidence_all": [e.as_dict() for e in self.evidence],
                 "since_wall": self.since_wall,
                 "since_seconds": rel(self.since), "fired_at_seconds": rel(self.fired_at),

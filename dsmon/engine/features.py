@@ -38,7 +38,10 @@ FEATURES: dict[str, Feature] = {
     "cpu_utilisation_ratio": Feature("ratio", "cpu_cores / cpu_capacity_cores"),
     "effective_physical_cores": Feature("count", "physical cores among the target's usable CPUs"),
     "cpu_quota_cores": Feature("cores", "the cgroup CPU quota in cores (absent when unlimited)"),
-    "cpu_throttled_ratio": Feature("ratio", "seconds throttled by the cgroup quota per second"),
+    "cpu_throttled_ratio": Feature("ratio", "seconds throttled by the cgroup quota per second, "
+                                   "summed over the CPUs' run queues (can exceed 1)"),
+    "cpu_throttled_periods_ratio": Feature("ratio", "share of CFS periods in which the cgroup "
+                                           "was throttled"),
     "runnable_waiting_ratio": Feature("ratio", "run-queue wait / (run + wait) of all threads"),
     "run_queue_wait_seconds_per_second": Feature("seconds", "run-queue wait of all threads per second"),
     "voluntary_switches_per_second": Feature("per_second", "voluntary context switches, all threads"),
@@ -126,6 +129,7 @@ class FeatureExtractor:
         self._numa_memory: dict[int, int] | None = static.numa_start.data \
             if static.numa_start.ok else None
         self._cpu_by_node: dict[int, float] = {}
+        self._switches: dict[tuple[int, int], tuple[float, int, int]] = {}
 
     def set_numa_memory(self, per_node: dict[int, int] | None) -> None:
         if per_node is not None:
@@ -172,6 +176,8 @@ class FeatureExtractor:
                 if fs_waits:
                     self.context["fs_wait_channel"] = max(set(fs_waits), key=fs_waits.count)
         self._memory(values, tick, process, cgroup)
+        if sweep is not None:
+            self._switch_rates(values, sweep, tick.mono_ts)
         if previous is not None and previous.data("process") is not None:
             self._rates(values, previous, tick, process, cgroup, sweep, effective)
         return values
@@ -226,6 +232,11 @@ class FeatureExtractor:
         if cgroup and cgroup_before:
             values["cpu_throttled_ratio"] = _delta_rate(cgroup_before.cpu_throttled_seconds,
                                                         cgroup.cpu_throttled_seconds, span)
+            periods = _delta_rate(cgroup_before.cpu_periods, cgroup.cpu_periods, 1.0)
+            throttled = _delta_rate(cgroup_before.cpu_throttled_periods,
+                                    cgroup.cpu_throttled_periods, 1.0)
+            if periods:
+                values["cpu_throttled_periods_ratio"] = _ratio(throttled, periods)
         if process.io and before.io:
             for key in ("read_bytes", "write_bytes", "rchar"):
                 values[f"{key}_per_second"] = _delta_rate(before.io.get(key), process.io.get(key), span)
@@ -266,8 +277,6 @@ class FeatureExtractor:
         top = 0.0
         run = wait = 0
         have_schedstat = False
-        voluntary = involuntary = 0
-        have_switches = False
         topology = self.topology
         by_node: dict[int, float] = {}
         for thread in sweep.threads:
@@ -286,22 +295,39 @@ class FeatureExtractor:
                 have_schedstat = True
                 run += max(0, thread.run_ns - old.run_ns)
                 wait += max(0, thread.wait_ns - old.wait_ns)
-            if thread.voluntary is not None and old.voluntary is not None:
-                have_switches = True
-                voluntary += max(0, thread.voluntary - old.voluntary)
-                involuntary += max(0, thread.involuntary - old.involuntary)
         values["busy_threads"] = busy
         values["active_threads"] = active
         values["max_thread_cpu_cores"] = top
         if have_schedstat:
             values["runnable_waiting_ratio"] = _ratio(wait, run + wait)
             values["run_queue_wait_seconds_per_second"] = wait / 1e9 / span
-        if have_switches:
-            values["voluntary_switches_per_second"] = voluntary / span
-            values["involuntary_switches_per_second"] = involuntary / span
         for node, cores in by_node.items():
             self._cpu_by_node[node] = self._cpu_by_node.get(node, 0.0) * 0.8 + cores
         self._numa(values)
+
+    def _switch_rates(self, values, sweep, now: float) -> None:
+        """Switch counts are read every few sweeps (status is costly): the rate runs from the
+        last sweep that read them, per thread, to this one."""
+        if not sweep.switches_read:
+            return
+        voluntary = involuntary = 0
+        span = None
+        current = {}
+        for thread in sweep.threads:
+            if thread.voluntary is None:
+                continue
+            key = (thread.tid, thread.start_ticks)
+            current[key] = (now, thread.voluntary, thread.involuntary)
+            before = self._switches.get(key)
+            if before is None:
+                continue
+            span = now - before[0] if span is None else max(span, now - before[0])
+            voluntary += max(0, thread.voluntary - before[1])
+            involuntary += max(0, thread.involuntary - before[2])
+        self._switches = current
+        if span:
+            values["voluntary_switches_per_second"] = voluntary / span
+            values["involuntary_switches_per_second"] = involuntary / span
 
     def _numa(self, values) -> None:
         memory = self._numa_memory or {}
