@@ -163,11 +163,13 @@ def snapshot(pid, output, paths):
 @click.option("--max-series", type=click.IntRange(1), default=None, help="series cap (50000)")
 @click.option("--web-config", default=None, type=click.Path(),
               help="TLS and basic auth file (Prometheus exporter-toolkit format)")
+@click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="answer NVML questions from a recording instead of the driver")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @host_path_options
 def agent(config_path, listen, interval, rules_interval, discovery_interval, targets, rule_paths,
-          disabled, max_series, web_config, log_level, paths):
+          disabled, max_series, web_config, nvml_replay, log_level, paths):
     """Run the monitoring agent: sample targets, evaluate rules, serve /metrics.
 
     Signals: SIGHUP reloads the configuration and rules (a broken file keeps the running
@@ -218,7 +220,7 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
             click.echo(f"dsmon: invalid web config: {exc}", err=True)
             sys.exit(EXIT_USAGE_CONFIG)
     try:
-        sys.exit(run_forever(Agent(config, loaded_rules), load))
+        sys.exit(run_forever(Agent(config, loaded_rules, nvml=_nvml_backend(nvml_replay)), load))
     except OSError as exc:
         click.echo(f"dsmon: cannot listen on {config.listen}: {exc.strerror}", err=True)
         sys.exit(EXIT_LISTEN)

@@ -99,7 +99,7 @@ def get(url: str) -> str:
         return response.read().decode()
 
 
-def metric(body: str, name: str, **labels) -> float | None:
+def metric(body: str, name: str, /, **labels) -> float | None:
     for line in body.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
@@ -370,3 +370,30 @@ def test_a_target_killed_by_the_oom_killer_is_reported(tmp_path):
             # The zombie (not reaped yet) is not followed again as a live target.
             time.sleep(1.5)
             assert metric(get(url + "/metrics"), "dsmon_target_up", target="grower") in (None, 0)
+
+
+def test_gpu_metrics_from_a_recorded_host(tmp_path):
+    """The agent on a replayed 2x H200 recording: per-GPU families, no pid labels, promtool."""
+    recording = REPO / "tests" / "fixtures" / "gpu" / "h200-2gpu.json"
+    with running_agent(tmp_path, "--target", "auto", "--nvml-replay", str(recording)) as (_, url, _n):
+        body = get(url + "/metrics")
+    assert metric(body, "dsmon_gpus") == 2
+    assert metric(body, "dsmon_gpu_memory_total_bytes", gpu="0") == 150754820096
+    assert metric(body, "dsmon_gpu_memory_used_bytes", gpu="1") is not None
+    assert metric(body, "dsmon_gpu_info", gpu="0", name="NVIDIA H200") == 1
+    assert metric(body, "dsmon_gpu_pcie_link_generation", gpu="0", which="max") == 5
+    assert metric(body, "dsmon_collector_success", collector="gpu") == 1
+    promtool = shutil.which("promtool")
+    if promtool:
+        check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                               text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_no_gpu_driver_is_no_data_not_a_failure(tmp_path):
+    with running_agent(tmp_path, "--target", "auto") as (_, url, _n):
+        body = get(url + "/metrics")
+    assert metric(body, "dsmon_collector_success", collector="gpu") == 1
+    assert metric(body, "dsmon_gpus") is None          # absent, never 0
+    log = (tmp_path / "agent.log").read_text()
+    assert log.count("no NVIDIA driver") <= 1

@@ -27,7 +27,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dsmon import __version__
 from dsmon.agent.config import AgentConfig, listen_address
 from dsmon.agent.notify import Notifier
-from dsmon.agent.render import render_exits, render_findings, render_host, render_target
+from dsmon.agent.render import (render_exits, render_findings, render_gpus, render_host,
+                                render_target)
+from dsmon.gpu.sample import GpuCollector
 from dsmon.agent.runtime import TargetRuntime
 from dsmon.agent.targets import TargetResolver
 from dsmon.collectors.topology import TopologyCollector
@@ -53,7 +55,8 @@ class JobHealth:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, rules, host_collectors=None, notifier=None):
+    def __init__(self, config: AgentConfig, rules, host_collectors=None, notifier=None,
+                 nvml=None):
         self.config = config
         self.rules = rules
         self.paths = HostPaths(config.procfs, config.sysfs, config.rootfs)
@@ -61,6 +64,10 @@ class Agent:
         if host_collectors is not None:
             self.host.collectors = list(host_collectors)
         self.resolver = TargetResolver(self.paths, config.targets)
+        # NVML's slow questions (affinity, ECC, PCIe) run on the slow executor.
+        self.gpu = GpuCollector(self.paths, nvml, slow_interval_s=config.slow_interval_s,
+                                slow_inline=False)
+        self.gpu_snapshot = None
         self.notifier = notifier or Notifier()
         self.targets: dict[str, TargetRuntime] = {}
         self.lock = threading.RLock()
@@ -135,6 +142,21 @@ class Agent:
             batch.status in (Status.OK, Status.PARTIAL, Status.NO_DATA), batch.duration_s,
             time.monotonic())
         self.latest_host[collector.name] = batch     # one reference swap per collector
+
+    def collect_gpus(self) -> None:
+        with self.lock:
+            self.gpu.set_targets([r.resolved.pid for r in self.targets.values() if not r.gone])
+        self.collector_started["gpu"] = time.monotonic()
+        batch = run_collector("gpu", self.gpu.collect)
+        # No driver is "no data" (said once in the log), not a failing collector.
+        self.collector_health["gpu"] = (batch.status in (Status.OK, Status.PARTIAL,
+                                                         Status.NO_DATA),
+                                        batch.duration_s, time.monotonic())
+        self.gpu_snapshot = batch.data if batch.ok else None
+
+    def collect_gpus_slow(self) -> None:
+        # Without a driver this is "no data" (the fast job logs it once), not a job failure.
+        self._run("gpu_slow", lambda: run_collector("gpu_slow", self.gpu.collect_slow))
 
     def sample(self) -> None:
         ok = self._run("sample", self._sample)
@@ -221,6 +243,13 @@ class Agent:
                     active.add(("oom-killed", "critical", label))
                 else:
                     del self.oom_killed[label]
+            snapshot = self.gpu_snapshot
+            if snapshot is not None:
+                render_gpus(out, snapshot, {r.resolved.pid: r.label for r in self.targets.values()})
+                for finding in snapshot.findings:
+                    if finding.severity in ("warning", "critical"):
+                        active.add((f"gpu-{finding.code.replace('_', '-')}", finding.severity,
+                                    "host"))
             render_findings(out, active, self.fired)
             render_exits(out, self.exits)
             self.dropped_series += out.dropped
@@ -278,6 +307,8 @@ class Agent:
             thread.start()
         for thread in first:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.collect_gpus_slow()
+        self.collect_gpus()
         self.sample()
         self.evaluate_rules()
         self.scheduler = BackgroundScheduler(
@@ -289,6 +320,10 @@ class Agent:
         for collector in self.host.collectors:
             self.scheduler.add_job(self.collect_host, "interval", args=(collector,),
                                    seconds=config.interval_s, id=f"host:{collector.name}")
+        self.scheduler.add_job(self.collect_gpus, "interval", seconds=config.interval_s,
+                               id="host:gpu")
+        self.scheduler.add_job(self.collect_gpus_slow, "interval", seconds=config.slow_interval_s,
+                               id="gpu_slow", executor="slow")
         self.scheduler.add_job(self.sample, "interval", seconds=config.interval_s, id="sample")
         self.scheduler.add_job(self.evaluate_rules, "interval", seconds=config.rules_interval_s,
                                id="rules")

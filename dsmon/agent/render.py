@@ -160,3 +160,53 @@ def render_exits(out: MetricsBuilder, exits: dict[tuple[str, str], int]) -> None
         out.counter("dsmon_target_exits", "Target processes that exited, by reason "
                     "(oom_killed when their cgroup's OOM-kill count rose).", count,
                     target=target, reason=reason)
+
+
+def render_gpus(out: MetricsBuilder, snapshot, label_of_pid: dict[int, str]) -> None:
+    """Per GPU (label `gpu` = NVML index), per target GPU memory, and the GPU count."""
+    out.gauge("dsmon_gpus", "GPUs NVML sees now.", snapshot.device_count)
+    out.gauge("dsmon_gpus_max_seen", "Most GPUs seen since the agent started.",
+              snapshot.max_device_count)
+    for card in snapshot.gpus:
+        gpu = str(card.index)
+        out.gauge("dsmon_gpu_info", "GPU identity (labels only).", 1, gpu=gpu,
+                  name=card.name or "", uuid=card.uuid or "", bus_id=card.bus_id or "")
+        out.gauge("dsmon_gpu_lost", "1 when NVML says the GPU is lost.", 1 if card.lost else 0,
+                  gpu=gpu)
+        for field, name, help_text in (
+                ("memory_total_bytes", "dsmon_gpu_memory_total_bytes", "GPU memory (NVML v2)."),
+                ("memory_reserved_bytes", "dsmon_gpu_memory_reserved_bytes",
+                 "GPU memory reserved by the driver (not counted as used)."),
+                ("memory_used_bytes", "dsmon_gpu_memory_used_bytes", "GPU memory in use."),
+                ("memory_free_bytes", "dsmon_gpu_memory_free_bytes", "GPU memory free."),
+                ("utilization_gpu_ratio", "dsmon_gpu_utilization_ratio",
+                 "Share of time a kernel ran on the GPU."),
+                ("utilization_memory_ratio", "dsmon_gpu_memory_utilization_ratio",
+                 "Share of time GPU memory was read or written."),
+                ("temperature_celsius", "dsmon_gpu_temperature_celsius", "GPU temperature."),
+                ("power_watts", "dsmon_gpu_power_watts", "GPU power draw."),
+                ("power_limit_watts", "dsmon_gpu_power_limit_watts", "GPU power limit."),
+                ("sm_clock_hz", "dsmon_gpu_sm_clock_hertz", "SM clock.")):
+            out.gauge(name, help_text, getattr(card, field), gpu=gpu)
+        for which in ("current", "max"):
+            out.gauge("dsmon_gpu_pcie_link_generation", "PCIe generation, current and max.",
+                      getattr(card, f"pcie_gen_{which}"), gpu=gpu, which=which)
+            out.gauge("dsmon_gpu_pcie_link_width", "PCIe lanes, current and max.",
+                      getattr(card, f"pcie_width_{which}"), gpu=gpu, which=which)
+        for kind in ("corrected", "uncorrected"):
+            out.counter("dsmon_gpu_ecc_errors", "ECC errors since the driver loaded.",
+                        getattr(card, f"ecc_aggregate_{kind}"), gpu=gpu, type=kind)
+        for reason in card.clock_event_reasons or ():
+            out.gauge("dsmon_gpu_clock_event_active", "1 for each reason the clocks are held "
+                      "back (thermal, power, ...).", 1, gpu=gpu, reason=reason)
+    for pid, usage in snapshot.targets.items():
+        target = label_of_pid.get(pid)
+        if target is None or usage.memory_bytes is None:
+            continue
+        per_gpu: dict[int, int] = {}       # the target and its children, summed per GPU
+        for entry in usage.per_gpu:
+            if entry.get("used_bytes") is not None:
+                per_gpu[entry["gpu_index"]] = per_gpu.get(entry["gpu_index"], 0) + entry["used_bytes"]
+        for gpu, used in sorted(per_gpu.items()):
+            out.gauge("dsmon_process_gpu_memory_bytes", "GPU memory the target (and its child "
+                      "processes) holds, per GPU.", used, target=target, gpu=str(gpu))

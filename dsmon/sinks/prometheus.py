@@ -55,10 +55,11 @@ class MetricsBuilder:
         family.samples.append((tuple(str(labels[k]) for k in family.labels), float(value)))
         self.series += 1
 
-    def gauge(self, name: str, help_text: str, value, **labels) -> None:
+    # Positional-only, so that "name" can be a label (dsmon_gpu_info{name=...}).
+    def gauge(self, name: str, help_text: str, value, /, **labels) -> None:
         self.add(name, "gauge", help_text, labels, value)
 
-    def counter(self, name: str, help_text: str, value, **labels) -> None:
+    def counter(self, name: str, help_text: str, value, /, **labels) -> None:
         self.add(name, "counter", help_text, labels, value)
 
     def build(self) -> list:
