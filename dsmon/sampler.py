@@ -144,7 +144,7 @@ class TargetSampler:
 
     def _target_replaced(self) -> bool:
         try:
-            self.process.stat()
+            self.process.check_identity()
         except ProcessGone:
             return True
         except SourceError:

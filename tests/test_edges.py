@@ -88,6 +88,10 @@ def test_cached_descriptor_of_an_exited_thread_reads_as_gone():
         assert tid in sampler._fds
         stop.set()
         worker.join()
+        # join() returns just before the OS thread is gone; wait for the kernel to reap it.
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
+            time.sleep(0.01)
         # The kernel keeps the tid listed for a moment in some races; read the stale fds directly.
         from dsmon.sources import Gone
         with pytest.raises(Gone):

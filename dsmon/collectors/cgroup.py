@@ -186,9 +186,26 @@ def _ancestors(directory: str, root: str):
 class CgroupCollector:
     name = "cgroup"
 
+    # Limits change rarely; the ancestors' limit files are re-read every this many samples.
+    LIMIT_REFRESH = 10
+
     def __init__(self, paths: HostPaths, layout: CgroupLayout):
         self.paths = paths
         self.layout = layout
+        self._limits: dict[str, object] = {}
+        self._samples = 0
+
+    def _limit(self, path: str, parse):
+        """A limit file's parsed value, cached between refreshes (Missing is cached too)."""
+        if path not in self._limits:
+            try:
+                self._limits[path] = parse(read_text(path))
+            except Missing as exc:
+                self._limits[path] = exc
+        value = self._limits[path]
+        if isinstance(value, Missing):
+            raise value
+        return value
 
     def collect(self):
         layout = self.layout
@@ -197,6 +214,9 @@ class CgroupCollector:
                           or "the target's cgroup directories were not found")
         sample = CgroupSample(layout.version, layout.display_path)
         unavailable: dict[str, str] = {}
+        if self._samples % self.LIMIT_REFRESH == 0:
+            self._limits.clear()
+        self._samples += 1
         for part, reader in (("memory", self._memory), ("cpu", self._cpu),
                              ("cpuset", self._cpuset), ("pressure", self._pressure)):
             try:
@@ -225,7 +245,7 @@ class CgroupCollector:
         # usage includes its other children: the binding level is the one with least headroom.
         for level in _ancestors(directory, root):
             try:
-                limit = parse_limit(read_text(os.path.join(level, limit_file)))
+                limit = self._limit(os.path.join(level, limit_file), parse_limit)
             except Missing:
                 continue  # the v2 root has no memory.max
             if limit is None:
@@ -267,10 +287,10 @@ class CgroupCollector:
         for level in _ancestors(directory, root):
             try:
                 if v2:
-                    quota = parse_cpu_max(read_text(os.path.join(level, "cpu.max")))
+                    quota = self._limit(os.path.join(level, "cpu.max"), parse_cpu_max)
                 else:
-                    quota_us = int(read_text(os.path.join(level, "cpu.cfs_quota_us")))
-                    period_us = int(read_text(os.path.join(level, "cpu.cfs_period_us")))
+                    quota_us = self._limit(os.path.join(level, "cpu.cfs_quota_us"), int)
+                    period_us = self._limit(os.path.join(level, "cpu.cfs_period_us"), int)
                     quota = quota_us / period_us if quota_us > 0 else None
             except Missing:
                 continue

@@ -252,6 +252,14 @@ class ProcessCollector:
             raise ProcessGone(self.paths.pid(self.pid), "pid was reused by another process")
         return stat
 
+    def check_identity(self) -> None:
+        """Raise ProcessGone when the pid now names another process. Reads the main thread's
+        stat: the same start time, without the kernel summing every thread as for
+        /proc/<pid>/stat (3.4 ms at 10,000 threads)."""
+        stat = parse_stat(read_bytes(self.paths.task(self.pid, self.pid, "stat"), process_file=True))
+        if self.start_ticks is not None and stat.start_ticks != self.start_ticks:
+            raise ProcessGone(self.paths.pid(self.pid), "pid was reused by another process")
+
     def identity(self) -> Identity:
         stat = self.stat()
         unavailable: dict[str, str] = {}
