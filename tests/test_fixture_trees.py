@@ -343,7 +343,11 @@ def test_threads_max_threads_rotates(fake_host):
         seen = [[t.tid for t in sampler.sample().threads] for _ in range(3)]
     finally:
         sampler.close()
-    assert seen == [[PID, PID + 1], [PID + 2, PID + 3], [PID + 4, PID]]
+    # The window walks task/ in the order the directory lists it (thread-group order on a
+    # real procfs), two threads a sweep, wrapping around.
+    order = [int(name) for name in os.listdir(fake_host.paths.pid(PID, "task"))]
+    assert seen == [order[0:2], order[2:4], [order[4], order[0]]]
+    assert set(order) == {PID + i for i in range(5)}
 
 
 def test_threads_time_budget_window_rotates(fake_host):
