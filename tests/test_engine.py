@@ -317,3 +317,30 @@ def test_numa_misplacement_names_the_node_to_bind(fake_host):
     assert "node 0" in finding.summary and "node 1" in finding.summary
     local = [e for e in finding.evidence if e.feature == "numa_local_ratio"][0]
     assert local.value < 0.1
+
+
+def test_cpu_underuse_names_the_seeds_45_percent_case():
+    """The seed's worked case: 24 cores, CPU at 45%, a pool far smaller than the cores."""
+    rules = [rule for rule in load_rules() if rule.id == "cpu-underuse"]
+    engine = Engine(rules)
+    store = FeatureStore(60)
+    for second in range(12):
+        store.add(float(second), {
+            "effective_physical_cores": 24, "cpu_capacity_cores": 24.0,
+            "cpu_utilisation_ratio": 0.45, "busy_threads": 10, "max_thread_cpu_cores": 0.98,
+            "runnable_waiting_ratio": 0.01, "recommended_threads": 20, "cpu_cores": 10.8})
+        engine.evaluate(store, float(second), float(second), {"comm": "fin-model"})
+    finding = engine.active["cpu-underuse"]
+    assert finding.state == "firing" and finding.severity == "info"
+    assert "toward 20" in finding.hint and "24" in finding.hint
+    assert "45%" in finding.summary
+    # Healthy: the same host with threads queueing (pool as large as the cores) stays quiet.
+    quiet = Engine(rules)
+    store = FeatureStore(60)
+    for second in range(12):
+        store.add(float(second), {
+            "effective_physical_cores": 24, "cpu_capacity_cores": 24.0,
+            "cpu_utilisation_ratio": 0.45, "busy_threads": 22, "max_thread_cpu_cores": 0.5,
+            "runnable_waiting_ratio": 0.3})
+        quiet.evaluate(store, float(second), float(second), {})
+    assert "cpu-underuse" not in quiet.active
