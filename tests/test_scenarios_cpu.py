@@ -38,7 +38,6 @@ they are skipped without it.
 
 from __future__ import annotations
 
-import errno
 import functools
 import importlib.util
 import json
@@ -59,6 +58,7 @@ import pytest
 
 from dsmon.analysis import THREADS_PER_PHYSICAL_CORE
 from dsmon.engine.rules import load_rules
+from tests.helpers.cgroups import rmdir_when_empty
 from tests.helpers.spawn import REPO, WORKLOAD
 
 CPU_WORKLOADS = Path(__file__).parent / "helpers" / "cpu_workloads.py"
@@ -92,23 +92,8 @@ def cpu_cgroup_unavailable() -> str | None:
         probe.mkdir()
     except OSError as exc:
         return f"cannot create a cgroup under {CPU_CGROUP_ROOT}: {exc}"
-    _rmdir(probe)
+    rmdir_when_empty(probe)
     return None
-
-
-def _rmdir(path: Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            # EBUSY while killed tasks are still leaving the cgroup.
-            if exc.errno not in (errno.EBUSY, errno.EAGAIN) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 class CpuGroup:
@@ -211,8 +196,8 @@ def scenario_groups(quota_cores: float | None = None, required: bool = False):
                 child.kill_all()
         finally:
             for child in children:
-                _rmdir(child.path)
-            _rmdir(parent.path)
+                rmdir_when_empty(child.path)
+            rmdir_when_empty(parent.path)
 
 
 # --- processes --------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def main(out_path):
             handles.append(handle)
             try:
                 devices.append(device_info(i, handle))
-            except Exception as exc:  # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 devices.append({"index": i, "dump_error": traceback.format_exc()})
         dump["devices"] = devices
         pairs = []

@@ -116,7 +116,7 @@ def _check_writable(directory: Path) -> Path:
         probe.mkdir()
     except OSError as exc:
         raise CgroupUnavailable(f"cannot create a cgroup under {directory}: {exc}") from exc
-    _rmdir(probe)
+    rmdir_when_empty(probe)
     return directory
 
 
@@ -128,7 +128,8 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _rmdir(path: Path, timeout: float = 10.0) -> None:
+def rmdir_when_empty(path: Path, timeout: float = 10.0) -> None:
+    """rmdir a cgroup, retrying while killed tasks are still leaving it."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -279,4 +280,4 @@ def memory_cgroup(limit_bytes: int, prefix: str = "dsmon-test"):
         try:
             group.kill_all()
         finally:
-            _rmdir(path)
+            rmdir_when_empty(path)
