@@ -397,3 +397,32 @@ def test_no_gpu_driver_is_no_data_not_a_failure(tmp_path):
     assert metric(body, "dsmon_gpus") is None          # absent, never 0
     log = (tmp_path / "agent.log").read_text()
     assert log.count("no NVIDIA driver") <= 1
+
+
+def test_totals_forget_threads_that_left_even_when_sweeps_are_truncated():
+    """Soak finding: with truncated sweeps, every thread ever seen stayed in memory."""
+    from dsmon.agent.runtime import Totals
+    from dsmon.collectors.threads import ThreadSample, ThreadSweep
+
+    def sweep(tids, listed, wait):
+        threads = [ThreadSample(t, f"w{t}", "S", 0, 0, 0, 1, 10, wait, 1, None, None)
+                   for t in tids]
+        return ThreadSweep(threads, len(listed), truncated=True, listed_tids=list(listed))
+
+    totals = Totals()
+    for generation in range(50):                 # 10 threads, replaced every sweep
+        tids = range(generation * 10, generation * 10 + 10)
+        totals.update(sweep(tids[:5], tids, 1000))
+        totals.update(sweep(tids[5:], tids, 2000))
+    assert len(totals._last) <= 10
+    # Wait only accumulates for threads seen twice: never here, since each lives one round.
+    assert totals.run_queue_wait_seconds == 0.0
+
+
+def test_pool_labels_stay_bounded_with_per_request_threads():
+    """A pool of one thread named short_4660 must not become its own label value."""
+    from dsmon.agent.runtime import TargetRuntime
+    from dsmon.analysis import pool_of
+    assert pool_of("short_4660") == pool_of("short_11101") == "short_#"
+    source = TargetRuntime.pools.__code__.co_names
+    assert "pool_of" in source

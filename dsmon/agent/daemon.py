@@ -173,6 +173,8 @@ class Agent:
         self.host_batches = {name: batch.data for name, batch in batches.items() if batch.ok}
         with self.lock:
             runtimes = list(self.targets.values())
+        # Per-target collectors: healthy when they worked for every target this cycle.
+        cycle: dict[str, tuple[bool, float]] = {}
         for runtime in runtimes:
             if runtime.gone:
                 continue
@@ -180,9 +182,12 @@ class Agent:
             for name in ("process", "threads", "cgroup"):
                 batch = tick.batches.get(name)
                 if batch is not None:
-                    self.collector_health[f"{name}"] = (batch.ok or batch.status is Status.NO_DATA
-                                                        or bool(tick.target_gone),
-                                                        batch.duration_s, time.monotonic())
+                    ok = batch.ok or batch.status is Status.NO_DATA or bool(tick.target_gone)
+                    was_ok, longest = cycle.get(name, (True, 0.0))
+                    cycle[name] = (was_ok and ok, max(longest, batch.duration_s))
+        for name, (ok, longest) in cycle.items():
+            self.collector_health[name] = (ok, longest, time.monotonic())
+        for runtime in runtimes:
             if runtime.gone and runtime.exit_reason and not runtime.exit_counted:
                 runtime.exit_counted = True
                 key = (runtime.label, runtime.exit_reason)
@@ -205,8 +210,10 @@ class Agent:
         now, wall = time.monotonic(), time.time()
         with self.lock:
             runtimes = list(self.targets.values())
+        changed = False
         for runtime in runtimes:
             for finding, state in runtime.evaluate(now, wall):
+                changed = True
                 if state == "firing":
                     key = (finding.rule_id, finding.severity, runtime.label)
                     self.fired[key] = self.fired.get(key, 0) + 1
@@ -214,7 +221,8 @@ class Agent:
                                 finding.severity, runtime.label, finding.summary)
                 elif state == "resolved":
                     log.info("finding %s resolved on %s", finding.rule_id, runtime.label)
-        self.publish()
+        if changed:   # otherwise the sample job's publication already says it all
+            self.publish()
 
     def refresh_numa(self) -> None:
         def work():

@@ -43,7 +43,12 @@ class Totals:
         if not sweep.truncated:
             self._last = current
         else:
+            # A window of the threads was read: keep the others' last values, but only for
+            # threads that still exist (else every thread ever seen would stay).
             self._last.update(current)
+            alive = set(sweep.listed_tids)
+            for key in [key for key in self._last if key[0] not in alive]:
+                del self._last[key]
 
 
 class TargetRuntime:
@@ -127,10 +132,8 @@ class TargetRuntime:
             span = tick.mono_ts - before.mono_ts
         hz = self.static.hz
         pools: dict[str, list] = {}
-        names: dict[str, set] = {}
         for thread in sweep.threads:
             pool = pool_of(thread.name)
-            names.setdefault(pool, set()).add(thread.name)
             entry = pools.setdefault(pool, [0, 0.0])
             entry[0] += 1
             old = earlier.get((thread.tid, thread.start_ticks))
@@ -138,8 +141,9 @@ class TargetRuntime:
                 entry[1] += max(0, thread.utime + thread.stime - old.utime - old.stime) / hz / span
         rows = []
         for pool, (count, cores) in pools.items():
-            shown = next(iter(names[pool])) if len(names[pool]) == 1 else pool
-            rows.append((shown, count, cores if span > 0 else None))
+            # A label must come from a bounded set: per-request thread names ("short_4660")
+            # would each become a series, so the masked name is the label.
+            rows.append((pool, count, cores if span > 0 else None))
         rows.sort(key=lambda r: (-(r[2] or 0), -r[1]))
         if len(rows) > max_pools:
             head, tail = rows[:max_pools - 1], rows[max_pools - 1:]

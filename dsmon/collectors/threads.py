@@ -62,6 +62,7 @@ class ThreadSweep:
     truncated: bool = False
     vanished: int = 0           # listed, but gone before their files could be read
     switches_read: bool = True  # voluntary/involuntary counts were read in this sweep
+    listed_tids: list[int] = field(default_factory=list)   # every tid in task/ (read or not)
     elapsed_s: float = 0.0
     unavailable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -154,6 +155,7 @@ class ThreadSampler:
         # The kernel lists task/ in thread-group order; no sort needed for a stable rotation
         # (sorting 10,000 tids costs ~1.3 ms a sweep).
         tids = [int(name) for name in names if name.isdigit()]
+        all_tids = tids
         listed = len(tids)
         self._drop_vanished(tids)
         # One rotating offset serves both limits (thread count and time): each sweep starts
@@ -185,7 +187,8 @@ class ThreadSampler:
         truncated = capped or timed_out
         self._rotation = start + attempted if truncated else 0
 
-        sweep = ThreadSweep(threads, listed, truncated, vanished, switches_read=read_switches)
+        sweep = ThreadSweep(threads, listed, truncated, vanished, switches_read=read_switches,
+                            listed_tids=all_tids)
         if truncated:
             sweep.notes.append(
                 f"sampled {len(threads)} of {listed} threads this sweep (limit {self.max_threads} "

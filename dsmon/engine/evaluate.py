@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import string
+from collections import deque
 from dataclasses import dataclass, field
 
 from dsmon.analysis import linear_slope, stddev
 from dsmon.engine.features import CONTEXT_FIELDS, FEATURES, FeatureStore
 from dsmon.engine.format import format_value
 from dsmon.engine.rules import SEVERITY_RANK, Leaf, Rule
+
+
+HISTORY_LIMIT = 1000
 
 
 def aggregate(agg: str, points: list[tuple[float, float]]) -> float | None:
@@ -152,7 +156,9 @@ class Engine:
 
     rules: list[Rule]
     active: dict[str, Finding] = field(default_factory=dict)
-    history: list[Finding] = field(default_factory=list)
+    # Resolved findings, newest last; bounded, since the agent runs for months and a flapping
+    # finding resolves over and over.
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
 
     def evaluate(self, store: FeatureStore, now: float, wall: float,
                  context: dict[str, str]) -> list[tuple[Finding, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from dsmon.engine.engines import detect_engine, torch_loaded
@@ -12,6 +13,7 @@ from dsmon.engine.rules import SEVERITY_RANK, Rule
 
 # Feature history is kept a little longer than the longest rule window.
 RETENTION_MARGIN_S = 5.0
+TRANSITIONS_LIMIT = 10_000   # enough for any diagnose window; bounded for the agent
 
 
 @dataclass
@@ -26,7 +28,7 @@ class Transition:
 class RuleMonitor:
     static: object
     rules: list[Rule]
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: deque = field(default_factory=lambda: deque(maxlen=TRANSITIONS_LIMIT))
     history: dict[float, dict] = field(default_factory=dict)   # mono_ts -> feature values
 
     def __post_init__(self):
