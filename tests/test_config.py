@@ -97,3 +97,13 @@ def test_auto_discovery_finds_a_torch_process_or_an_engine(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_auto_follows_nvml_compute_processes_whatever_their_name():
+    """A process NVML lists on a GPU is an inference candidate even without a known name."""
+    with workload("threads", "--idle", "1") as plain:
+        resolver = TargetResolver(HostPaths(), (TargetSpec("auto"),), own_pid=-1)
+        assert plain.pid not in {r.pid for r in resolver.resolve()}
+        found = {r.pid: r for r in resolver.resolve(gpu_pids={plain.pid})}
+    assert plain.pid in found
+    assert found[plain.pid].label == "python"         # its engine: plain Python

@@ -111,7 +111,9 @@ class Agent:
         if self.topology is None:
             batch = run_collector("topology", TopologyCollector(self.paths).collect)
             self.topology = batch.data if batch.ok else None
-        found = self.resolver.resolve()
+        snapshot = self.gpu_snapshot
+        gpu_pids = {proc.pid for proc in snapshot.processes} if snapshot is not None else ()
+        found = self.resolver.resolve(gpu_pids)
         with self.lock:
             wanted = {r.label: r for r in found}
             for label, runtime in list(self.targets.items()):

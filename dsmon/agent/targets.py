@@ -46,9 +46,12 @@ class TargetResolver:
         self.specs = specs
         self.own_pid = own_pid if own_pid is not None else os.getpid()
         self.problems: dict[str, str] = {}   # spec -> why it found nothing (for the landing page)
+        self._gpu_pids: set[int] = set()
 
-    def resolve(self) -> list[Resolved]:
+    def resolve(self, gpu_pids=()) -> list[Resolved]:
+        """`gpu_pids`: processes NVML lists as GPU users; `auto` follows them too."""
         self.problems = {}
+        self._gpu_pids = set(gpu_pids)
         needs_scan = any(s.kind in ("unit", "pattern", "auto") for s in self.specs)
         processes = self._scan() if needs_scan else {}
         found: list[Resolved] = []
@@ -106,12 +109,16 @@ class TargetResolver:
                 engine = "pytorch"
             if engine in AUTO_ENGINES or engine == "pytorch":
                 matches.append((entry, engine))
+            elif entry.pid in self._gpu_pids:
+                # Any NVML compute process is an inference candidate, whatever its name.
+                matches.append((entry, engine or "gpu"))
         pids = {entry.pid for entry, _ in matches}
         found = []
         for entry, engine in sorted(matches, key=lambda m: m[0].start_ticks):
             if entry.ppid in pids:
                 continue  # a worker of a server already followed
-            label = spec.name or _unit_of(entry.cgroup) or engine
+            label = spec.name or _unit_of(entry.cgroup) or \
+                (engine if engine != "gpu" else _label(entry.comm))
             found.append(Resolved(label, entry.pid, entry.start_ticks, spec, engine))
         if not found:
             self.problems["auto"] = "no inference process found (host-only mode)"
@@ -156,6 +163,10 @@ def _unit_of(cgroup_path: str) -> str | None:
     """The innermost systemd service in a cgroup path ("/system.slice/vllm.service" -> vllm)."""
     units = _UNIT.findall(cgroup_path or "")
     return units[-1] if units else None
+
+
+def _label(comm: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:-]+", "_", comm).strip("_")[:64] or "gpu"
 
 
 def _unique_labels(found: list[Resolved]) -> list[Resolved]:
