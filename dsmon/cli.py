@@ -108,7 +108,7 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
     try:
         report = run(paths, pid, DiagnoseOptions(duration, interval, max_threads,
                                                  tuple(rule_paths), tuple(disabled)),
-                     nvml=_nvml_backend(nvml_replay))
+                     nvml=_nvml_backend(nvml_replay, paths))
     except RuleLoadError as exc:
         click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
                    err=True)
@@ -128,8 +128,10 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
 @main.command()
 @click.argument("pid", type=int, required=False)
 @click.option("-o", "--output", required=True, help="the tar.gz file to write")
+@click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="record NVML answers from a recording instead of the driver")
 @host_path_options
-def snapshot(pid, output, paths):
+def snapshot(pid, output, nvml_replay, paths):
     """Record the files dsmon reads (host, and process PID) into a replayable tar.gz.
 
     Unpack it and point --path.procfs/--path.sysfs/--path.rootfs at it to replay.
@@ -138,7 +140,7 @@ def snapshot(pid, output, paths):
     from dsmon.snapshot import SnapshotError, write_snapshot
 
     try:
-        summary = write_snapshot(paths, pid, output)
+        summary = write_snapshot(paths, pid, output, _nvml_backend(nvml_replay))
     except SnapshotError as exc:
         click.echo(f"dsmon: {exc}", err=True)
         sys.exit(EXIT_NO_TARGET if exc.no_target else 1)
@@ -230,8 +232,14 @@ EXIT_USAGE_CONFIG = 9
 EXIT_LISTEN = 10
 
 
-def _nvml_backend(replay: str | None):
-    """None for the real NVML, or a fake replaying a recording (tests/fixtures/gpu/*.json)."""
+def _nvml_backend(replay: str | None, paths=None):
+    """None for the real NVML, or a fake replaying a recording (tests/fixtures/gpu/*.json).
+    A replayed snapshot (roots other than this host's) answers from its own nvml.json."""
+    import os
+    if replay is None and paths is not None and not paths.is_live:
+        recorded = paths.root("nvml.json")
+        if os.path.exists(recorded):
+            replay = recorded
     if replay is None:
         return None
     from dsmon.gpu.fake import FakeBackend
@@ -251,7 +259,7 @@ def topo(pid, nvml_replay, paths):
     from dsmon.sources import Gone
 
     try:
-        click.echo(topo_command(paths, pid, _nvml_backend(nvml_replay)), nl=False)
+        click.echo(topo_command(paths, pid, _nvml_backend(nvml_replay, paths)), nl=False)
     except Gone as exc:
         click.echo(f"dsmon: no process with pid {pid} ({exc.describe()})", err=True)
         sys.exit(EXIT_NO_TARGET)

@@ -127,7 +127,28 @@ def _fd_kind(target: str) -> str:
     return "/redacted-path"
 
 
-def write_snapshot(paths: HostPaths, pid: int | None, output: str) -> SnapshotSummary:
+NVML_FILE = "nvml.json"
+
+
+def record_nvml(nvml_backend=None) -> tuple[bytes | None, str]:
+    """NVML's answers in the fake's format (replayed by --nvml-replay, or found by a replay of
+    this snapshot), or None and why not."""
+    from dsmon.gpu.nvml import NvmlError
+    from dsmon.gpu.recording import record_answers
+    try:
+        if nvml_backend is None:
+            from dsmon.gpu.nvml import PynvmlBackend
+            nvml_backend = PynvmlBackend()
+        recording = record_answers(nvml_backend, f"dsmon snapshot {__version__}")
+    except NvmlError as exc:
+        return None, f"NVML not recorded: {exc.kind} ({exc.detail or 'no NVIDIA driver'})"
+    except (ImportError, OSError) as exc:
+        return None, f"NVML not recorded: {exc}"
+    return json.dumps(recording, indent=1).encode(), f"{len(recording['devices'])} GPU(s)"
+
+
+def write_snapshot(paths: HostPaths, pid: int | None, output: str,
+                   nvml_backend=None) -> SnapshotSummary:
     if pid is not None and not os.path.exists(paths.pid(pid, "stat")):
         raise SnapshotError(f"no process with pid {pid} under {paths.procfs}", no_target=True)
     tmp = f"{output}.partial"
@@ -143,8 +164,13 @@ def write_snapshot(paths: HostPaths, pid: int | None, output: str) -> SnapshotSu
                     raise SnapshotError(f"process {pid} exited while it was recorded "
                                         f"({exc.describe()})", no_target=True) from None
             _record_passwd(recorder, paths, uid)
+            nvml_data, nvml_note = record_nvml(nvml_backend) if paths.is_live or \
+                nvml_backend is not None else (None, "NVML not recorded: not the live host")
+            if nvml_data is not None:
+                recorder.add_bytes(paths.root(NVML_FILE), nvml_data)
             manifest = {"dsmon_version": __version__, "recorded_at": time.time(), "pid": pid,
                         "files": recorder.summary.files, "skipped": recorder.summary.skipped,
+                        "nvml": nvml_note,
                         "replay": "tar xzf FILE -C DIR; dsmon diagnose PID --path.procfs DIR/proc "
                                   "--path.sysfs DIR/sys --path.rootfs DIR"}
             data = json.dumps(manifest, indent=2).encode()

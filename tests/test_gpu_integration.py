@@ -56,3 +56,41 @@ def test_no_driver_is_said_once_and_everything_else_works():
     assert report["collectors"]["threads"]["status"] == "ok"
     assert report["threads"]["busy"] == 1
     assert "no NVIDIA driver" not in result.stderr
+
+
+def test_snapshot_records_nvml_and_its_replay_answers_offline(tmp_path):
+    """A snapshot keeps NVML's answers; diagnose on the unpacked snapshot finds them itself."""
+    import tarfile
+    archive = tmp_path / "snap.tar.gz"
+    with workload("threads", "--idle", "1") as target:
+        recorded = run_dsmon("snapshot", str(target.pid), "-o", str(archive),
+                             "--nvml-replay", str(GPU_FIXTURES / "h200-2gpu.json"))
+        assert recorded.returncode == 0, recorded.stderr
+    replay = tmp_path / "replay"
+    with tarfile.open(archive) as tar:
+        tar.extractall(replay)
+    manifest = json.loads((replay / "SNAPSHOT.json").read_text())
+    assert manifest["nvml"] == "2 GPU(s)"
+    result = run_dsmon("diagnose", str(target.pid), "--path.procfs", str(replay / "proc"),
+                       "--path.sysfs", str(replay / "sys"), "--path.rootfs", str(replay),
+                       "--duration", "0.2s", "--interval", "0.1s", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    gpu = json.loads(result.stdout)["gpu"]
+    assert gpu["status"] == "ok" and gpu["device_count"] == 2
+    assert gpu["gpus"][1]["name"] == "NVIDIA H200"
+    topo = run_dsmon("topo", "--path.procfs", str(replay / "proc"), "--path.sysfs",
+                     str(replay / "sys"), "--path.rootfs", str(replay))
+    assert "GPU1" in topo.stdout and "NV18" in topo.stdout
+
+
+def test_snapshot_without_a_driver_says_so():
+    import tarfile
+    import tempfile
+    with tempfile.TemporaryDirectory() as directory, workload("threads", "--idle", "1") as target:
+        archive = Path(directory) / "s.tgz"
+        result = run_dsmon("snapshot", str(target.pid), "-o", str(archive))
+        assert result.returncode == 0, result.stderr
+        with tarfile.open(archive) as tar:
+            manifest = json.loads(tar.extractfile("SNAPSHOT.json").read())
+            assert "nvml.json" not in tar.getnames()
+    assert manifest["nvml"].startswith("NVML not recorded")

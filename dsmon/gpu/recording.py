@@ -476,3 +476,41 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def record_answers(backend, source: str) -> dict:
+    """Ask a backend (the real NVML, or a fake) every question the collector and topology
+    ask, once, and return them in the fake's recording format: what `dsmon snapshot` stores
+    so a snapshot replays its GPUs offline (`--nvml-replay`, or found by the replay itself).
+    Raises NvmlError when NVML cannot even start."""
+    import time as _time
+
+    from dsmon.gpu.fake import FORMAT
+    from dsmon.gpu.nvml import DEVICE_CALLS, PAIR_CALLS, SYSTEM_CALLS, NvmlError
+
+    def ask(fn, *args) -> dict:
+        try:
+            return {"value": fn(*args)}
+        except NvmlError as exc:
+            return {"error": exc.kind}
+
+    backend.init()
+    try:
+        recording = {"format": FORMAT, "source": source, "recorded_at": _time.time(),
+                     "notes": [], "system": {}, "devices": [], "pairs": []}
+        for name in SYSTEM_CALLS:
+            recording["system"][name] = ask(getattr(backend, name))
+        count = recording["system"]["device_count"].get("value") or 0
+        for index in range(count):
+            calls = {name: ask(getattr(backend, name), index) for name in DEVICE_CALLS}
+            recording["devices"].append({"index": index, "calls": calls})
+        for i in range(count):
+            for j in range(i + 1, count):
+                recording["pairs"].append({"a": i, "b": j, "calls": {
+                    name: ask(getattr(backend, name), i, j) for name in PAIR_CALLS}})
+        return recording
+    finally:
+        try:
+            backend.shutdown()
+        except NvmlError:
+            pass
