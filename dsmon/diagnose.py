@@ -109,9 +109,20 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         static = sampler.static()
         monitor = RuleMonitor(static, rules)
         gpu = GpuCollector(paths, nvml, targets=[pid])
-        gpu_first = run_collector("gpu", gpu.collect)
-        ticks, end_reason = sample_window(sampler, options, sleep, monitor.observe)
-        gpu_last = run_collector("gpu", gpu.collect) if gpu_first.ok else gpu_first
+        gpu_batches: list[Batch] = []
+
+        def on_tick(tick: Tick) -> None:
+            # GPUs are sampled with every tick (0.16 ms per GPU measured) so the GPU rules
+            # see growth.
+            if gpu_batches and not gpu_batches[0].ok:
+                return monitor.observe(tick)   # no NVML: asked once, said once
+            batch = run_collector("gpu", gpu.collect)
+            gpu_batches.append(batch)
+            tick.batches["gpu"] = batch
+            monitor.observe(tick)
+
+        ticks, end_reason = sample_window(sampler, options, sleep, on_tick)
+        gpu_first, gpu_last = gpu_batches[0], gpu_batches[-1]
         numa_end = sampler.numa() if end_reason != "target exited" else None
     finally:
         sampler.close()
@@ -121,8 +132,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         entry.update({name: features.get(name) for name in TIMELINE_FEATURES})
     live = [t for t in ticks if t.data("process") is not None]
     elapsed = live[-1].mono_ts - live[0].mono_ts if len(live) > 1 else 0.0
-    batches = [static.topology, static.environment, static.numa_start, gpu_last]
-    batches += [b for t in ticks for b in t.batches.values()]
+    batches = [static.topology, static.environment, static.numa_start]
+    batches += [b for t in ticks for b in t.batches.values() if b.collector != "gpu"]
+    batches += gpu_batches
     if numa_end is not None:
         batches.append(numa_end)
     exited_at = next((t.wall_ts for t in ticks if t.target_gone), None)

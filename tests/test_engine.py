@@ -344,3 +344,52 @@ def test_cpu_underuse_names_the_seeds_45_percent_case():
             "runnable_waiting_ratio": 0.3})
         quiet.evaluate(store, float(second), float(second), {})
     assert "cpu-underuse" not in quiet.active
+
+
+def _gpu_rules():
+    return [rule for rule in load_rules() if rule.id.startswith("gpu-")]
+
+
+def _drive_gpu(memory_series, utilisation=0.9, thread_cores=0.3, total=80 * 2**30):
+    """One sample a second through the feature's arithmetic: slope over the last
+    GPU_GROWTH_WINDOW_S, time to full from the fullest GPU's free memory."""
+    from dsmon.analysis import linear_slope
+    from dsmon.engine.features import GPU_GROWTH_WINDOW_S
+    engine = Engine(_gpu_rules())
+    store = FeatureStore(60)
+    history = []
+    for second, used in enumerate(memory_series):
+        history = [(t, v) for t, v in history if second - t <= GPU_GROWTH_WINDOW_S] + \
+            [(float(second), used)]
+        slope = linear_slope(history)
+        free = total - used - 2**30              # other tenants and the CUDA context
+        values = {"gpu_memory_bytes": used, "gpu_memory_free_bytes": free,
+                  "gpu_memory_total_bytes": total, "gpu_memory_growth_bytes_per_second": slope,
+                  "seconds_to_gpu_memory_full": free / slope if slope and slope > 0 else None,
+                  "gpu_utilization_ratio": utilisation, "max_thread_cpu_cores": thread_cores}
+        store.add(float(second), values)
+        engine.evaluate(store, float(second), float(second), {"comm": "srv", "engine": "vllm"})
+    return engine
+
+
+def test_gpu_oom_risk_fires_on_growth_toward_capacity():
+    grow = [40 * 2**30 + second * 512 * 2**20 for second in range(40)]   # +512 MiB/s
+    engine = _drive_gpu(grow)
+    finding = engine.active.get("gpu-oom-risk-critical")
+    assert finding is not None and finding.state == "firing"
+    assert "--gpu-memory-utilization" in finding.hint          # vLLM's own lever
+
+
+def test_a_steady_preallocation_is_healthy():
+    """vLLM: ~90% of the GPU taken in a few seconds at start, then flat."""
+    ramp = [0, 20 * 2**30, 50 * 2**30, 72 * 2**30] + [72 * 2**30] * 60
+    engine = _drive_gpu(ramp)
+    assert not any(rule_id.startswith("gpu-oom") for rule_id in engine.active)
+    assert not any(f.rule_id.startswith("gpu-oom") for f in engine.history)
+
+
+def test_idle_gpu_beside_a_saturated_cpu_thread_is_cpu_bound():
+    engine = _drive_gpu([10 * 2**30] * 20, utilisation=0.05, thread_cores=0.99)
+    assert engine.active["gpu-idle-cpu-bound"].state == "firing"
+    busy = _drive_gpu([10 * 2**30] * 20, utilisation=0.85, thread_cores=0.99)
+    assert "gpu-idle-cpu-bound" not in busy.active

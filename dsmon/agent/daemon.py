@@ -68,6 +68,7 @@ class Agent:
         self.gpu = GpuCollector(self.paths, nvml, slow_interval_s=config.slow_interval_s,
                                 slow_inline=False)
         self.gpu_snapshot = None
+        self.latest_gpu = None
         self.notifier = notifier or Notifier()
         self.targets: dict[str, TargetRuntime] = {}
         self.lock = threading.RLock()
@@ -155,6 +156,7 @@ class Agent:
                                                          Status.NO_DATA),
                                         batch.duration_s, time.monotonic())
         self.gpu_snapshot = batch.data if batch.ok else None
+        self.latest_gpu = batch
 
     def collect_gpus_slow(self) -> None:
         # Without a driver this is "no data" (the fast job logs it once), not a job failure.
@@ -173,6 +175,8 @@ class Agent:
     def _sample_targets(self) -> None:
         batches = dict(self.latest_host)
         self.host_batches = {name: batch.data for name, batch in batches.items() if batch.ok}
+        if self.latest_gpu is not None:
+            batches["gpu"] = self.latest_gpu   # the GPU rules read the target's GPU memory
         with self.lock:
             runtimes = list(self.targets.values())
         # Per-target collectors: healthy when they worked for every target this cycle.

@@ -16,6 +16,9 @@ from dsmon.analysis import (configured_threads, effective_cpus, linear_slope, re
 BUSY_CORES = 0.10          # a thread using this share of a CPU in an interval is busy
 ACTIVE_CORES = 0.03        # ... and this share is active (e.g. takes turns on the GIL)
 GROWTH_WINDOW_S = 60.0     # memory growth slope is fitted over this much history
+# GPU memory: a short fit, so an engine's one-off pre-allocation at start (vLLM takes ~90% in
+# seconds) leaves the slope within seconds; the rules then ask for 10 s of sustained growth.
+GPU_GROWTH_WINDOW_S = 5.0
 
 # Kernel functions a thread sleeps in while it waits on a filesystem that is not a local block
 # device (FUSE daemons, NFS/SMB/Ceph/9p servers). These threads sleep in S state: neither the
@@ -82,6 +85,13 @@ FEATURES: dict[str, Feature] = {
     "read_bytes_per_second": Feature("bytes_per_second", "bytes read from storage"),
     "write_bytes_per_second": Feature("bytes_per_second", "bytes written to storage"),
     "rchar_per_second": Feature("bytes_per_second", "bytes returned by read syscalls (any source)"),
+    # GPU (NVML)
+    "gpu_memory_bytes": Feature("bytes", "GPU memory the target (and its children) holds"),
+    "gpu_memory_free_bytes": Feature("bytes", "free memory of the fullest GPU the target uses"),
+    "gpu_memory_total_bytes": Feature("bytes", "memory of that GPU"),
+    "gpu_memory_growth_bytes_per_second": Feature("bytes_per_second", "slope of the target's GPU memory"),
+    "seconds_to_gpu_memory_full": Feature("seconds", "free GPU memory / growth (absent when not growing)"),
+    "gpu_utilization_ratio": Feature("ratio", "busiest of the target's GPUs: share of time a kernel ran"),
     # NUMA
     "numa_nodes": Feature("count", "NUMA nodes of the host"),
     "numa_local_ratio": Feature("ratio", "overlap of memory per node and CPU time per node"),
@@ -126,6 +136,7 @@ class FeatureExtractor:
         self.python = "python" in exe.rsplit("/", 1)[-1] or "python" in static.identity.comm
         self._previous = None
         self._growth: deque[tuple[float, float]] = deque()
+        self._gpu_growth: deque[tuple[float, float]] = deque()
         self._numa_memory: dict[int, int] | None = static.numa_start.data \
             if static.numa_start.ok else None
         self._cpu_by_node: dict[int, float] = {}
@@ -176,6 +187,7 @@ class FeatureExtractor:
                 if fs_waits:
                     self.context["fs_wait_channel"] = max(set(fs_waits), key=fs_waits.count)
         self._memory(values, tick, process, cgroup)
+        self._gpu(values, tick)
         if sweep is not None:
             self._switch_rates(values, sweep, tick.mono_ts)
         if previous is not None and previous.data("process") is not None:
@@ -219,6 +231,29 @@ class FeatureExtractor:
             headroom = values["memory_headroom_bytes"]
             if slope is not None and slope > 0 and headroom is not None:
                 values["seconds_to_memory_limit"] = headroom / slope
+
+    def _gpu(self, values, tick) -> None:
+        snapshot = tick.data("gpu")
+        usage = snapshot.targets.get(self.static.identity.pid) if snapshot is not None else None
+        if usage is None or usage.status != "ok" or usage.memory_bytes is None:
+            return
+        values["gpu_memory_bytes"] = usage.memory_bytes
+        cards = [card for card in snapshot.gpus if card.index in set(usage.gpus)]
+        free = [(card.memory_free_bytes, card.memory_total_bytes) for card in cards
+                if card.memory_free_bytes is not None]
+        if free:
+            values["gpu_memory_free_bytes"], values["gpu_memory_total_bytes"] = min(free)
+        busy = [card.utilization_gpu_ratio for card in cards
+                if card.utilization_gpu_ratio is not None]
+        if busy:
+            values["gpu_utilization_ratio"] = max(busy)
+        self._gpu_growth.append((tick.mono_ts, float(usage.memory_bytes)))
+        while self._gpu_growth and tick.mono_ts - self._gpu_growth[0][0] > GPU_GROWTH_WINDOW_S:
+            self._gpu_growth.popleft()
+        slope = linear_slope(list(self._gpu_growth))
+        values["gpu_memory_growth_bytes_per_second"] = slope
+        if slope is not None and slope > 0 and values["gpu_memory_free_bytes"] is not None:
+            values["seconds_to_gpu_memory_full"] = values["gpu_memory_free_bytes"] / slope
 
     def _rates(self, values, previous, tick, process, cgroup, sweep, effective) -> None:
         span = tick.mono_ts - previous.mono_ts
