@@ -119,6 +119,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
             batch = run_collector("gpu", gpu.collect)
             gpu_batches.append(batch)
             tick.batches["gpu"] = batch
+            if batch.ok:
+                monitor.follow_gpu_locality(batch.data, gpu.topology)
             monitor.observe(tick)
 
         ticks, end_reason = sample_window(sampler, options, sleep, on_tick)

@@ -393,3 +393,36 @@ def test_idle_gpu_beside_a_saturated_cpu_thread_is_cpu_bound():
     assert engine.active["gpu-idle-cpu-bound"].state == "firing"
     busy = _drive_gpu([10 * 2**30] * 20, utilisation=0.85, thread_cores=0.99)
     assert "gpu-idle-cpu-bound" not in busy.active
+
+
+def test_gpu_numa_mismatch_names_the_gpus_node(fake_host):
+    """Threads on node 0 while the process's GPU (from NVML affinity) is local to node 1."""
+    from types import SimpleNamespace
+
+    fake_host.add_smt_host()                     # node 0: cpus 0-3,8-11; node 1: 4-7,12-15
+    fake_host.set_hostname()
+    fake_host.set_meminfo(MemTotal=64 * 2**20, MemFree=32 * 2**20, MemAvailable=40 * 2**20)
+    workers = [FakeThread(901, "omp_worker_0", "R", processor=0),
+               FakeThread(902, "omp_worker_1", "R", processor=1)]
+    fake_host.add_process(900, threads=workers, cpus_allowed=range(16), mems_allowed=(0, 1))
+    sampler = TargetSampler(fake_host.paths, 900)
+    monitor = RuleMonitor(sampler.static(), load_rules())
+    usage = SimpleNamespace(status="ok", memory_bytes=40 * 2**30, gpus=[4])
+    snapshot = SimpleNamespace(targets={900: usage}, gpus=[])
+    topology = SimpleNamespace(local_cpus=lambda gpus: [4, 5, 6, 7, 12, 13, 14, 15],
+                               local_nodes=lambda gpus: [1])
+    monitor.follow_gpu_locality(snapshot, topology)
+    from dsmon.model import Batch, Status
+    for second in range(12):
+        for worker in workers:
+            worker.utime += 90
+            fake_host.add_thread(900, worker, cpus_allowed=range(16), nr_cpus=16)
+        tick = sampler.tick()
+        tick.mono_ts = float(second)
+        tick.batches["gpu"] = Batch("gpu", 0.0, 0.0, Status.OK, snapshot)
+        monitor.observe(tick)
+    sampler.close()
+    finding = {f.rule_id: f for f in monitor.engine.current()}["gpu-numa-mismatch"]
+    assert finding.state == "firing"
+    assert "--cpunodebind=1 --membind=1" in finding.hint
+    assert [e.value for e in finding.evidence if e.feature == "gpu_local_cpu_ratio"] == [0.0]

@@ -184,6 +184,9 @@ class Agent:
         for runtime in runtimes:
             if runtime.gone:
                 continue
+            if self.gpu_snapshot is not None:
+                with runtime.lock:
+                    runtime.monitor.follow_gpu_locality(self.gpu_snapshot, self.gpu.topology)
             tick = runtime.sample(batches)
             for name in ("process", "threads", "cgroup"):
                 batch = tick.batches.get(name)

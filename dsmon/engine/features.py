@@ -92,6 +92,7 @@ FEATURES: dict[str, Feature] = {
     "gpu_memory_growth_bytes_per_second": Feature("bytes_per_second", "slope of the target's GPU memory"),
     "seconds_to_gpu_memory_full": Feature("seconds", "free GPU memory / growth (absent when not growing)"),
     "gpu_utilization_ratio": Feature("ratio", "busiest of the target's GPUs: share of time a kernel ran"),
+    "gpu_local_cpu_ratio": Feature("ratio", "share of the target's CPU time on CPUs local to its GPUs"),
     # NUMA
     "numa_nodes": Feature("count", "NUMA nodes of the host"),
     "numa_local_ratio": Feature("ratio", "overlap of memory per node and CPU time per node"),
@@ -102,7 +103,7 @@ FEATURES: dict[str, Feature] = {
 # String values a template may use besides features (set once per target).
 CONTEXT_FIELDS = ("target", "pid", "comm", "engine", "limit_kind", "numa_memory_node",
                   "numa_cpu_node", "fs_wait_channel", "configured_variable", "blocked_channel",
-                  "half_of_rss", "three_quarters_of_rss")
+                  "half_of_rss", "three_quarters_of_rss", "gpu_numa_node")
 
 
 def _ratio(numerator, denominator):
@@ -137,10 +138,17 @@ class FeatureExtractor:
         self._previous = None
         self._growth: deque[tuple[float, float]] = deque()
         self._gpu_growth: deque[tuple[float, float]] = deque()
+        self._gpu_local_cpus: set[int] | None = None
         self._numa_memory: dict[int, int] | None = static.numa_start.data \
             if static.numa_start.ok else None
         self._cpu_by_node: dict[int, float] = {}
         self._switches: dict[tuple[int, int], tuple[float, int, int]] = {}
+
+    def set_gpu_locality(self, cpus, nodes) -> None:
+        """The CPUs (and NUMA nodes) local to the GPUs the target uses, from NVML affinity."""
+        self._gpu_local_cpus = set(cpus) if cpus else None
+        if nodes:
+            self.context["gpu_numa_node"] = ",".join(str(n) for n in sorted(nodes))
 
     def set_numa_memory(self, per_node: dict[int, int] | None) -> None:
         if per_node is not None:
@@ -314,6 +322,8 @@ class FeatureExtractor:
         have_schedstat = False
         topology = self.topology
         by_node: dict[int, float] = {}
+        local_cpus = self._gpu_local_cpus
+        gpu_local = used_total = 0.0
         for thread in sweep.threads:
             old = earlier.get((thread.tid, thread.start_ticks))
             if old is None:
@@ -321,6 +331,9 @@ class FeatureExtractor:
             used = max(0, thread.utime + thread.stime - old.utime - old.stime) / hz / span
             busy += used >= BUSY_CORES
             active += used >= ACTIVE_CORES
+            if local_cpus is not None and used > 0:
+                used_total += used
+                gpu_local += used if thread.processor in local_cpus else 0.0
             top = max(top, used)
             if used > 0 and topology is not None:
                 node = topology.node_of(thread.processor)
@@ -332,6 +345,8 @@ class FeatureExtractor:
                 wait += max(0, thread.wait_ns - old.wait_ns)
         values["busy_threads"] = busy
         values["active_threads"] = active
+        if used_total > 0:
+            values["gpu_local_cpu_ratio"] = gpu_local / used_total
         values["max_thread_cpu_cores"] = top
         if have_schedstat:
             values["runnable_waiting_ratio"] = _ratio(wait, run + wait)

@@ -49,6 +49,15 @@ class RuleMonitor:
         except SourceError:
             return False
 
+    def follow_gpu_locality(self, gpu_snapshot, topology) -> None:
+        """Tell the features which CPUs are local to the GPUs this target uses."""
+        if gpu_snapshot is None or topology is None:
+            return
+        usage = gpu_snapshot.targets.get(self.static.identity.pid)
+        if usage is not None and usage.gpus:
+            self.extractor.set_gpu_locality(topology.local_cpus(usage.gpus),
+                                            topology.local_nodes(usage.gpus))
+
     @property
     def engine_name(self) -> str:
         return self.extractor.context["engine"]
