@@ -83,7 +83,6 @@ class Agent:
         self.fired: dict[tuple[str, str, str], int] = {}      # (rule_id, severity, target)
         self.exits: dict[tuple[str, str], int] = {}           # (target, reason)
         self.oom_killed: dict[str, float] = {}                # target -> when (monotonic)
-        self.samples = 0
         self.stopping = threading.Event()
         self.exposition = Exposition(self._self_metrics)
         self.scheduler: BackgroundScheduler | None = None
@@ -165,7 +164,6 @@ class Agent:
     def sample(self) -> None:
         ok = self._run("sample", self._sample)
         if ok:
-            self.samples += 1
             self.notifier.watchdog()
 
     def _sample(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 
 from dsmon.agent.targets import Resolved
@@ -68,7 +67,6 @@ class TargetRuntime:
         self.gone = ""
         self.exit_reason = ""              # "oom_killed" or "exited", once gone
         self.exit_counted = False
-        self.since_wall = time.time()
         # The sample and rules jobs run on different threads; the feature store and the
         # engine's state are shared between them.
         self.lock = threading.Lock()
