@@ -421,8 +421,29 @@ def test_totals_forget_threads_that_left_even_when_sweeps_are_truncated():
 
 def test_pool_labels_stay_bounded_with_per_request_threads():
     """A pool of one thread named short_4660 must not become its own label value."""
+    from types import SimpleNamespace
+
     from dsmon.agent.runtime import TargetRuntime
-    from dsmon.analysis import pool_of
-    assert pool_of("short_4660") == pool_of("short_11101") == "short_#"
-    source = TargetRuntime.pools.__code__.co_names
-    assert "pool_of" in source
+    from dsmon.collectors.threads import ThreadSample, ThreadSweep
+    from dsmon.model import Batch, Status
+    from dsmon.sampler import Tick
+
+    def tick(when, threads):
+        sweep = ThreadSweep([ThreadSample(tid, name, "S", ticks, 0, 0, 1, 0, 0, 0, None, None)
+                             for tid, name, ticks in threads], len(threads))
+        return Tick(when, when, {"threads": Batch("threads", when, when, Status.OK, sweep)})
+
+    runtime = SimpleNamespace(
+        static=SimpleNamespace(hz=100),
+        previous_tick=tick(0.0, [(1, "python3", 0), (2, "short_4660", 0)]),
+        last_tick=tick(1.0, [(1, "python3", 50), (2, "short_4660", 10), (3, "short_11101", 0)]))
+    rows = {pool: (count, cores) for pool, count, cores in TargetRuntime.pools(runtime, 20)}
+    assert set(rows) == {"python#", "short_#"}       # masked names only, never per-thread ones
+    assert rows["short_#"][0] == 2 and rows["short_#"][1] == pytest.approx(0.1)
+    assert rows["python#"] == (1, pytest.approx(0.5))
+    # More pools than the cap fold into "other", so the label set stays bounded.
+    many = SimpleNamespace(static=SimpleNamespace(hz=100), previous_tick=None,
+                           last_tick=tick(1.0, [(i, f"pool{chr(97 + i)}_{i}", 0)
+                                                for i in range(10)]))
+    assert [row[0] for row in TargetRuntime.pools(many, 4)][-1] == "other"
+    assert len(TargetRuntime.pools(many, 4)) == 4
