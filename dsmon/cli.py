@@ -82,9 +82,15 @@ def _write(text: str, output: str | None) -> None:
 @click.option("--disable-rule", "disabled", multiple=True, help="rule id to skip (repeatable)")
 @click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
               help="answer NVML questions from a recording instead of the driver")
+@click.option("--stacks/--no-stacks", default=True, show_default=True,
+              help="sample Python stacks and the GIL with py-spy (non-blocking dumps)")
+@click.option("--stacks-interval", type=Duration(), default="200ms", show_default=True,
+              help="time between py-spy dumps")
+@click.option("--py-spy", "pyspy_path", default=None, envvar="DSMON_PY_SPY",
+              help="the py-spy binary (default: next to dsmon's Python, then PATH)")
 @host_path_options
 def diagnose(pid, duration, interval, output_format, output, max_threads, rule_paths, disabled,
-             nvml_replay, paths):
+             nvml_replay, stacks, stacks_interval, pyspy_path, paths):
     """Sample process PID over a short window and report what slows it down.
 
     Exit codes: 0 no warning or critical finding; 6 a warning and 7 a critical finding firing
@@ -107,7 +113,8 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
         interval = duration
     try:
         report = run(paths, pid, DiagnoseOptions(duration, interval, max_threads,
-                                                 tuple(rule_paths), tuple(disabled)),
+                                                 tuple(rule_paths), tuple(disabled), stacks,
+                                                 stacks_interval, pyspy_path),
                      nvml=_nvml_backend(nvml_replay, paths))
     except RuleLoadError as exc:
         click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
@@ -169,9 +176,14 @@ def snapshot(pid, output, nvml_replay, paths):
               help="answer NVML questions from a recording instead of the driver")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--captures/--no-captures", "captures_enabled", default=None,
+              help="py-spy dumps when a rule with `capture: stack` fires (default on)")
+@click.option("--capture-dir", default=None,
+              help="where captures are kept ($STATE_DIRECTORY/captures or /var/lib/dsmon/captures)")
 @host_path_options
 def agent(config_path, listen, interval, rules_interval, discovery_interval, targets, rule_paths,
-          disabled, max_series, web_config, nvml_replay, log_level, paths):
+          disabled, max_series, web_config, nvml_replay, log_level, captures_enabled,
+          capture_dir, paths):
     """Run the monitoring agent: sample targets, evaluate rules, serve /metrics.
 
     Signals: SIGHUP reloads the configuration and rules (a broken file keeps the running
@@ -201,6 +213,12 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
             procfs=paths.procfs if paths.procfs != "/proc" else None,
             sysfs=paths.sysfs if paths.sysfs != "/sys" else None,
             rootfs=paths.rootfs if paths.rootfs != "/" else None)
+        if captures_enabled is not None or capture_dir:
+            from dataclasses import replace
+            config = replace(config, captures=replace(
+                config.captures, **({"enabled": captures_enabled}
+                                    if captures_enabled is not None else {}),
+                **({"directory": capture_dir} if capture_dir else {})))
         rules = [r for r in load_rules(config.rule_paths) if r.id not in set(config.disabled_rules)]
         return config, rules
 

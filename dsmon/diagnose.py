@@ -16,6 +16,10 @@ from dsmon.model import Batch, Status, run_collector
 from dsmon.observations import observe
 from dsmon.paths import HostPaths
 from dsmon.sampler import TargetSampler, Tick
+from dsmon.stacks.evidence import stack_evidence
+from dsmon.stacks.profile import NamespaceTids, StackProfile
+from dsmon.stacks.pyspy import PySpy
+from dsmon.stacks.sampler import DEFAULT_PERIOD_S, StackSampler
 
 SCHEMA_VERSION = 1
 
@@ -46,6 +50,9 @@ class DiagnoseOptions:
     max_threads: int = 2048
     rule_paths: tuple = ()
     disabled_rules: tuple = ()
+    stacks: bool = True                 # sample Python stacks with py-spy
+    stacks_period_s: float = DEFAULT_PERIOD_S
+    pyspy_path: str | None = None
 
 
 def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
@@ -110,8 +117,13 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         monitor = RuleMonitor(static, rules)
         gpu = GpuCollector(paths, nvml, targets=[pid])
         gpu_batches: list[Batch] = []
+        stacks = _start_stacks(paths, pid, static, options)
 
         def on_tick(tick: Tick) -> None:
+            if stacks is not None:
+                batch = stacks.tick_batch()
+                if batch is not None:
+                    tick.batches["stacks"] = batch
             # GPUs are sampled with every tick (0.16 ms per GPU measured) so the GPU rules
             # see growth.
             if gpu_batches and not gpu_batches[0].ok:
@@ -127,6 +139,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         gpu_first, gpu_last = gpu_batches[0], gpu_batches[-1]
         numa_end = sampler.numa() if end_reason != "target exited" else None
     finally:
+        if stacks is not None:
+            stacks.stop()
         sampler.close()
     body = analyse(static, ticks, numa_end)
     for entry in body["timeline"]:
@@ -162,7 +176,13 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     }
     start = live[0].mono_ts if live else None
     report["engine"] = monitor.engine_name or None
-    report["findings"] = [finding.as_dict(start) for finding in monitor.findings()]
+    report["python"] = python_section(stacks, paths, options, body["threads"])
+    report["findings"] = []
+    for finding in monitor.findings():
+        entry = finding.as_dict(start)
+        if finding.capture == "stack":
+            entry["stacks"] = stack_evidence(report["python"], body["threads"])
+        report["findings"].append(entry)
     report["finding_transitions"] = [
         {"seconds": round(t.mono_ts - start, 3) if start is not None else None,
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
@@ -171,6 +191,41 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     report["worst_firing_severity"] = monitor.worst_firing()
     report["observations"] = observe(report)
     return report
+
+
+def _start_stacks(paths: HostPaths, pid: int, static, options: DiagnoseOptions):
+    # A replayed snapshot has no process behind it to read stacks from.
+    if not options.stacks or not paths.is_live:
+        return None
+    pyspy = PySpy(options.pyspy_path, procfs=paths.procfs, explicit=bool(options.pyspy_path))
+    profile = StackProfile(NamespaceTids(paths, pid, static.identity.nspid))
+    return StackSampler(pyspy, pid, profile, options.stacks_period_s).start()
+
+
+def python_section(stacks, paths: HostPaths, options: DiagnoseOptions, threads: dict) -> dict:
+    """The `python` section, and each sampled thread's Python stack in the thread table."""
+    if stacks is None:
+        reason = "disabled (--no-stacks)" if not options.stacks else \
+            "not a live host (replayed snapshot): no process to read stacks from"
+        return {"status": "no_data", "error": reason, "hint": ""}
+    rows: dict[int, dict] = {}
+    for key in ("all", "top_by_cpu", "top_by_run_queue_wait", "blocked"):
+        for row in threads.get(key, []):
+            rows.setdefault(row["tid"], row)
+    section = {**stacks.status(), "sample_period_seconds": stacks.period_s}
+    if stacks.profile.samples == 0:
+        return section
+    section.update(stacks.profile.summary(rows))
+    by_tid = {t["tid"]: t for t in section["threads"] if t["tid"] is not None}
+    for key in ("all", "top_by_cpu", "top_by_run_queue_wait", "blocked"):
+        for row in threads.get(key, []):
+            thread = by_tid.get(row["tid"])
+            if thread is not None:
+                top = thread["top_stacks"][0]["frames"] if thread["top_stacks"] else []
+                row["python"] = {"name": thread["name"], "top_frame": top[0] if top else None,
+                                 "active_ratio": thread["active_ratio"],
+                                 "gil_ratio": thread["gil_ratio"]}
+    return section
 
 
 def gpu_section(first, last, pid: int) -> dict:

@@ -6,7 +6,9 @@ Loading is strict: unknown keys and bad values are reported all at once with whe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+from dsmon.stacks.capture import CaptureSettings
 
 try:
     import tomllib
@@ -59,6 +61,7 @@ class AgentConfig:
     procfs: str = "/proc"
     sysfs: str = "/sys"
     rootfs: str = "/"
+    captures: CaptureSettings = field(default_factory=CaptureSettings)
     source: str = "built-in defaults"
 
     def with_overrides(self, **overrides) -> "AgentConfig":
@@ -117,6 +120,8 @@ _KEYS = {
     "paths": {"procfs", "sysfs", "rootfs"},
     "rules": {"paths", "disable"},
     "targets": set(TARGET_KINDS) | {"name"},
+    "captures": {"enabled", "dir", "min_interval", "max_bytes", "keep", "max_age", "locals",
+                 "py_spy", "timeout"},
 }
 
 
@@ -142,7 +147,8 @@ def load_config(path: str | None, required: bool = False) -> AgentConfig:
 def parse_config(document: dict, source: str) -> AgentConfig:
     problems: list[str] = []
     for key in sorted(set(document) - set(_KEYS)):
-        problems.append(f"{source}: unknown section [{key}] (allowed: agent, paths, rules, targets)")
+        problems.append(f"{source}: unknown section [{key}] (allowed: agent, paths, rules, "
+                        "targets, captures)")
     agent = document.get("agent", {})
     values: dict = {"source": source}
     if not isinstance(agent, dict):
@@ -209,9 +215,47 @@ def parse_config(document: dict, source: str) -> AgentConfig:
             if spec is not None:
                 targets.append(spec)
         values["targets"] = tuple(targets)
+    if "captures" in document:
+        values["captures"] = _parse_captures(document["captures"], source, problems)
     if problems:
         raise ConfigError(problems)
     return replace(AgentConfig(), **values)
+
+
+def _parse_captures(table, source: str, problems: list[str]) -> CaptureSettings:
+    where = f"{source}: [captures]"
+    if not isinstance(table, dict):
+        problems.append(f"{where} must be a table")
+        return CaptureSettings()
+    for key in sorted(set(table) - _KEYS["captures"]):
+        problems.append(f"{where} unknown key {key!r}")
+    values: dict = {}
+    for key, attribute in (("enabled", "enabled"), ("locals", "with_locals")):
+        if key in table:
+            if not isinstance(table[key], bool):
+                problems.append(f"{where} {key} must be true or false")
+            else:
+                values[attribute] = table[key]
+    for key, attribute in (("dir", "directory"), ("py_spy", "pyspy_path")):
+        if key in table:
+            if not isinstance(table[key], str) or not table[key]:
+                problems.append(f"{where} {key} must be a non-empty string")
+            else:
+                values[attribute] = table[key]
+    for key, attribute in (("min_interval", "min_interval_s"), ("max_age", "max_age_s"),
+                           ("timeout", "timeout_s")):
+        if key in table:
+            seconds = parse_duration(table[key], f"{where} {key}", problems)
+            if seconds is not None:
+                values[attribute] = seconds
+    for key, attribute, least in (("max_bytes", "max_bytes", 4096), ("keep", "keep", 1)):
+        if key in table:
+            number = table[key]
+            if isinstance(number, bool) or not isinstance(number, int) or number < least:
+                problems.append(f"{where} {key} must be a whole number >= {least}")
+            else:
+                values[attribute] = number
+    return CaptureSettings(**values)
 
 
 def listen_address(listen: str) -> tuple[str, int]:

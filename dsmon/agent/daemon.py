@@ -37,6 +37,7 @@ from dsmon.model import Status, run_collector
 from dsmon.paths import HostPaths
 from dsmon.sampler import HostSampler, TargetNotFound
 from dsmon.sinks.prometheus import Exposition, MetricsBuilder
+from dsmon.stacks.capture import CaptureStore
 
 log = logging.getLogger("dsmon.agent")
 
@@ -83,6 +84,7 @@ class Agent:
         self.fired: dict[tuple[str, str, str], int] = {}      # (rule_id, severity, target)
         self.exits: dict[tuple[str, str], int] = {}           # (target, reason)
         self.oom_killed: dict[str, float] = {}                # target -> when (monotonic)
+        self.captures = CaptureStore(config.captures)
         self.stopping = threading.Event()
         self.exposition = Exposition(self._self_metrics)
         self.scheduler: BackgroundScheduler | None = None
@@ -226,10 +228,27 @@ class Agent:
                     self.fired[key] = self.fired.get(key, 0) + 1
                     log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
                                 finding.severity, runtime.label, finding.summary)
+                    if finding.capture == "stack" and self.captures.should_capture(runtime.label):
+                        self._schedule_capture(runtime, finding)
                 elif state == "resolved":
                     log.info("finding %s resolved on %s", finding.rule_id, runtime.label)
         if changed:   # otherwise the sample job's publication already says it all
             self.publish()
+
+    def _schedule_capture(self, runtime, finding) -> None:
+        """py-spy runs on the slow executor: a slow dump must not hold back the rules."""
+        args = (runtime.label, runtime.resolved.pid, finding.rule_id, finding.summary,
+                {"severity": finding.severity,
+                 "evidence": [e.as_dict()["text"] for e in finding.evidence
+                              if e.met and not e.negated]})
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.add_job(self._capture, args=args, executor="slow",
+                                   id=f"capture:{runtime.label}", replace_existing=True)
+        else:
+            self._capture(*args)
+
+    def _capture(self, target, pid, rule_id, summary, context) -> None:
+        self._run("capture", lambda: self.captures.capture(target, pid, rule_id, summary, context))
 
     def refresh_numa(self) -> None:
         def work():
@@ -305,6 +324,10 @@ class Agent:
         out.counter("dsmon_series_dropped", "Series left out because of the series cap.",
                     self.dropped_series)
         out.gauge("dsmon_targets", "Targets followed.", len(self.targets))
+        for result in ("ok", "failed", "skipped"):
+            out.counter("dsmon_stack_captures", "py-spy captures taken when a finding fired "
+                        "(skipped: rate-limited per target).",
+                        self.captures.results.get(result, 0), result=result)
         return out.build()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -364,6 +387,8 @@ class Agent:
     def reload(self, config: AgentConfig, rules) -> None:
         """Apply a new config's targets and rules (the listen address needs a restart)."""
         with self.lock:
+            if config.captures != self.config.captures:
+                self.captures = CaptureStore(config.captures)
             self.config = config
             self.rules = rules
             self.resolver = TargetResolver(self.paths, config.targets)

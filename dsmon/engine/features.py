@@ -57,6 +57,14 @@ FEATURES: dict[str, Feature] = {
     "configured_threads": Feature("count", "largest thread count set by OMP/MKL/OPENBLAS/... variables"),
     "recommended_threads": Feature("count", "85% of the usable physical cores"),
     "python_target": Feature("flag", "1 when the target is a Python interpreter"),
+    "python_gil_held_ratio": Feature("ratio", "share of py-spy samples in which some thread "
+                                     "held the GIL (absent without py-spy samples)"),
+    "python_active_threads": Feature("count", "Python threads py-spy saw running, average "
+                                     "over its samples"),
+    "python_busy_threads": Feature("count", f"Python threads (seen by py-spy) using >= "
+                                   f"{ACTIVE_CORES:.0%} of a CPU in the interval"),
+    "python_cpu_cores": Feature("cores", "CPU used by the Python threads (seen by py-spy) in "
+                                "the interval"),
     "host_iowait_ratio": Feature("ratio", "share of host CPU time idle waiting for I/O"),
     "host_cpu_busy_ratio": Feature("ratio", "share of host CPU time busy"),
     # Memory
@@ -139,6 +147,7 @@ class FeatureExtractor:
         self._growth: deque[tuple[float, float]] = deque()
         self._gpu_growth: deque[tuple[float, float]] = deque()
         self._gpu_local_cpus: set[int] | None = None
+        self._python_tids: frozenset = frozenset()
         self._numa_memory: dict[int, int] | None = static.numa_start.data \
             if static.numa_start.ok else None
         self._cpu_by_node: dict[int, float] = {}
@@ -194,6 +203,7 @@ class FeatureExtractor:
                 values["fs_wait_threads"] = len(fs_waits)
                 if fs_waits:
                     self.context["fs_wait_channel"] = max(set(fs_waits), key=fs_waits.count)
+        self._python_stacks(values, tick)
         self._memory(values, tick, process, cgroup)
         self._gpu(values, tick)
         if sweep is not None:
@@ -201,6 +211,14 @@ class FeatureExtractor:
         if previous is not None and previous.data("process") is not None:
             self._rates(values, previous, tick, process, cgroup, sweep, effective)
         return values
+
+    def _python_stacks(self, values, tick) -> None:
+        stacks = tick.data("stacks")
+        if stacks is None:
+            return
+        values["python_gil_held_ratio"] = stacks.gil_held / stacks.samples
+        values["python_active_threads"] = stacks.active_threads / stacks.samples
+        self._python_tids = stacks.python_host_tids
 
     def _memory(self, values, tick, process, cgroup) -> None:
         host = tick.data("memory") or {}
@@ -316,7 +334,9 @@ class FeatureExtractor:
     def _thread_rates(self, values, sweep_before, sweep, span) -> None:
         hz = self.static.hz
         earlier = {(t.tid, t.start_ticks): t for t in sweep_before.threads}
-        busy = active = 0
+        busy = active = python_busy = 0
+        python_cores = 0.0
+        python_tids = self._python_tids
         top = 0.0
         run = wait = 0
         have_schedstat = False
@@ -331,6 +351,9 @@ class FeatureExtractor:
             used = max(0, thread.utime + thread.stime - old.utime - old.stime) / hz / span
             busy += used >= BUSY_CORES
             active += used >= ACTIVE_CORES
+            if thread.tid in python_tids:
+                python_busy += used >= ACTIVE_CORES
+                python_cores += used
             if local_cpus is not None and used > 0:
                 used_total += used
                 gpu_local += used if thread.processor in local_cpus else 0.0
@@ -345,6 +368,9 @@ class FeatureExtractor:
                 wait += max(0, thread.wait_ns - old.wait_ns)
         values["busy_threads"] = busy
         values["active_threads"] = active
+        if values["python_gil_held_ratio"] is not None:
+            values["python_busy_threads"] = python_busy
+            values["python_cpu_cores"] = python_cores
         if used_total > 0:
             values["gpu_local_cpu_ratio"] = gpu_local / used_total
         values["max_thread_cpu_cores"] = top

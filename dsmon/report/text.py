@@ -47,6 +47,9 @@ def render_text(report: dict) -> str:
             f"{finding['summary']}")
         for item in finding["evidence"]:
             out(f"      evidence: {item['text']}")
+        for thread in (finding.get("stacks") or {}).get("threads", [])[:3]:
+            out(f"      stack: thread {thread['tid']} {thread['name'] or ''} ({thread['why']}, "
+                f"GIL {_pct(thread['gil_ratio'])}): {' <- '.join(thread['frames'][:3])}")
         out(f"      fix: {finding['hint']}")
     observations = report.get("observations") or []
     if observations:
@@ -178,17 +181,22 @@ def render_text(report: dict) -> str:
             if not rows:
                 continue
             out(f"  {title}:")
-            out(f"    {'tid':>8} {'name':<18} {'cpu':>7} {'rq wait s':>9} {'wait %':>7} {'cpu#':>4} state")
+            out(f"    {'tid':>8} {'name':<18} {'cpu':>7} {'rq wait s':>9} {'wait %':>7} {'cpu#':>4} "
+                "state  python")
             for row in rows:
+                python = (row.get("python") or {}).get("top_frame") or ""
                 out(f"    {row['tid']:>8} {row['name'][:18]:<18} {_pct(row['cpu_ratio']):>7} "
                     f"{_num(row['run_queue_wait_seconds'], '{:.3f}'):>9} "
-                    f"{_pct(row['run_queue_wait_ratio']):>7} {row['last_cpu']:>4} {row['state']}")
+                    f"{_pct(row['run_queue_wait_ratio']):>7} {row['last_cpu']:>4} "
+                    f"{row['state']:<5}  {python}")
         if threads["blocked"]:
             out("  threads seen in D state:")
             for row in threads["blocked"]:
                 out(f"    {row['tid']:>8} {row['name'][:18]:<18} wchan {row['wchan'] or 'n/a'} "
                     f"({row['d_state_samples']} samples)")
         out("")
+
+    _python_section(out, report.get("python"))
 
     gpu = report.get("gpu")
     if gpu is not None:
@@ -233,3 +241,29 @@ def render_text(report: dict) -> str:
         for field, reason in entry["unavailable"].items():
             out(f"  {'':<12} {field} unavailable: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def _python_section(out, python: dict | None) -> None:
+    if python is None:
+        return
+    out("== Python stacks (py-spy)")
+    if python.get("status") != "ok":
+        out(f"  unavailable: {python.get('error') or python.get('status')}")
+        if python.get("hint"):
+            out(f"  fix: {python['hint']}")
+        out("")
+        return
+    out(f"  {python['samples']} samples (every {python['sample_period_seconds']} s, "
+        f"non-blocking); {python['python_threads']} Python threads, "
+        f"{python['active_threads']} active, {python['idle_threads']} idle")
+    holders = ", ".join(f"{h['name']} {_pct(h['gil_ratio'])}" for h in python["gil_holders"][:4])
+    out(f"  GIL held {_pct(python['gil_held_ratio'])} of the samples"
+        + (f" (by {holders})" if holders else ""))
+    for thread in python["threads"][:8]:
+        out(f"  thread {thread['tid']} {thread['name'] or ''}: cpu {_pct(thread['cpu_ratio'])}, "
+            f"active {_pct(thread['active_ratio'])}, GIL {_pct(thread['gil_ratio'])}")
+        for stack in thread["top_stacks"][:2]:
+            out(f"      {_pct(stack['share'])}  " + " <- ".join(stack["frames"][:4]))
+    if len(python["threads"]) > 8:
+        out(f"  ... {len(python['threads']) - 8} more Python threads (JSON has all)")
+    out("")

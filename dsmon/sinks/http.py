@@ -29,13 +29,28 @@ def findings_document(agent) -> dict:
             "target": runtime.label, "pid": identity.pid, "comm": identity.comm,
             "engine": runtime.monitor.engine_name or None, "found_by": runtime.resolved.spec.describe(),
             "gone": runtime.gone or None,
-            "findings": [finding.as_dict() for finding in runtime.monitor.engine.current()],
+            "findings": [_with_captures(finding.as_dict(), agent, runtime.label)
+                         for finding in runtime.monitor.engine.current()],
         })
     now = time.monotonic()
     return {"dsmon_version": __version__, "generated_at": time.time(), "targets": targets,
             "oom_killed_seconds_ago": {label: round(now - when, 1)
                                        for label, when in agent.oom_killed.items()},
-            "unresolved": agent.resolver.problems}
+            "unresolved": agent.resolver.problems,
+            "captures": {"directory": agent.captures.directory,
+                         "problem": agent.captures.problem or None,
+                         "recent": [_capture_link(c) for c in agent.captures.listing()[:20]]}}
+
+
+def _capture_link(record: dict) -> dict:
+    return {**record, "url": f"/captures/{record['name']}"}
+
+
+def _with_captures(finding: dict, agent, target: str) -> dict:
+    """A finding's stack captures (newest first), linked for the operator."""
+    finding["captures"] = [_capture_link(c) for c in
+                           agent.captures.for_target(target, finding["rule_id"])[:5]]
+    return finding
 
 
 def landing_page(agent) -> str:
@@ -48,6 +63,9 @@ def landing_page(agent) -> str:
             f"{html.escape(f['rule_id'])}</b>: {html.escape(f['summary'])}"
             f"<br><i>fix:</i> {html.escape(f['hint'])}<ul>"
             + "".join(f"<li>{html.escape(e['text'])}</li>" for e in f["evidence"])
+            + "".join(f'<li>stacks captured: <a href="{html.escape(c["url"])}">'
+                      f'{html.escape(c["name"])}</a> ({html.escape(c["status"])})</li>'
+                      for c in f.get("captures", []))
             + "</ul></li>" for f in findings) or "<li>no findings</li>"
         rows.append(f"<tr><td>{html.escape(target['target'])}</td><td>{target['pid']}</td>"
                     f"<td>{html.escape(target['comm'])}</td>"
@@ -91,6 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
                            json.dumps(findings_document(self.agent), indent=2).encode())
             elif path == "/":
                 self._send(200, "text/html; charset=utf-8", landing_page(self.agent).encode())
+            elif path.startswith("/captures/"):
+                body = self.agent.captures.read(path.removeprefix("/captures/"))
+                if body is None:
+                    self._send(404, "text/plain; charset=utf-8", b"no such capture\n")
+                else:
+                    self._send(200, "application/json", body)
             elif path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
             else:

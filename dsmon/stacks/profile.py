@@ -1,0 +1,187 @@
+"""Many py-spy dumps of one target -> what each Python thread does and who holds the GIL.
+
+py-spy reports kernel thread ids as the target sees them: inside a container's PID namespace
+they differ from the host's. `NamespaceTids` maps them to host ids through each task's NSpid
+line, so stacks join dsmon's per-thread CPU, run-queue wait and state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from dsmon.paths import HostPaths
+from dsmon.sources import SourceError, list_dir, read_text
+from dsmon.stacks.pyspy import Frame, ThreadStack
+
+TOP_STACKS = 3          # per thread, in the report
+MAX_FRAMES = 24         # innermost frames kept per stack (the rest is interpreter bootstrap)
+
+
+class NamespaceTids:
+    """Kernel thread id inside the target's PID namespace -> host thread id."""
+
+    def __init__(self, paths: HostPaths, pid: int, nspid: list[int] | None):
+        self.paths = paths
+        self.pid = pid
+        self.nested = bool(nspid) and len(nspid) > 1
+        self.ns_pid = nspid[-1] if nspid else pid
+        self._map: dict[int, int] = {}
+
+    def host_tid(self, ns_tid: int | None) -> int | None:
+        if ns_tid is None:
+            return None
+        if not self.nested:
+            return ns_tid
+        if ns_tid == self.ns_pid:
+            return self.pid
+        if ns_tid not in self._map:
+            self._refresh()
+        return self._map.get(ns_tid)
+
+    def _refresh(self) -> None:
+        try:
+            tids = list_dir(self.paths.pid(self.pid, "task"))
+        except SourceError:
+            return
+        for name in tids:
+            if not name.isdigit() or int(name) in self._map.values():
+                continue
+            try:
+                status = read_text(self.paths.task(self.pid, int(name), "status"), True)
+            except SourceError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("NSpid:"):
+                    self._map[int(line.split()[-1])] = int(name)
+                    break
+
+
+@dataclass
+class ThreadProfile:
+    """One Python thread over the window."""
+    host_tid: int | None
+    ns_tid: int | None
+    name: str | None
+    samples: int = 0
+    active: int = 0
+    gil: int = 0
+    stacks: Counter = field(default_factory=Counter)          # all samples
+    active_stacks: Counter = field(default_factory=Counter)   # samples where it ran
+
+    def top(self, limit: int = TOP_STACKS) -> list[dict]:
+        # A thread that ran is described by what it ran; an idle one by where it waits.
+        counter = self.active_stacks if self.active_stacks else self.stacks
+        total = sum(counter.values())
+        return [{"share": round(count / total, 4), "samples": count,
+                 "frames": [frame.label() for frame in stack]}
+                for stack, count in counter.most_common(limit)]
+
+    def top_frame(self) -> str | None:
+        top = self.top(1)
+        return top[0]["frames"][0] if top and top[0]["frames"] else None
+
+
+@dataclass
+class StackTick:
+    """py-spy samples taken since the previous tick: what the rules engine reads."""
+    samples: int
+    gil_held: int
+    active_threads: int          # summed over the samples
+    python_host_tids: frozenset
+    holder_tids: Counter         # host tid -> samples holding the GIL
+
+
+class StackProfile:
+    """Accumulates dumps of one target."""
+
+    def __init__(self, tids: NamespaceTids):
+        self.tids = tids
+        self.samples = 0
+        self.gil_held = 0
+        self.threads: dict[int, ThreadProfile] = {}     # keyed by Python's thread id
+        self.dump_seconds: list[float] = []
+        self._tick = StackTick(0, 0, 0, frozenset(), Counter())
+
+    def add(self, threads: list[ThreadStack], dump_seconds: float | None = None) -> None:
+        self.samples += 1
+        if dump_seconds is not None:
+            self.dump_seconds.append(dump_seconds)
+        held = False
+        active = 0
+        holders: Counter = Counter()
+        tids = set(self._tick.python_host_tids)
+        for thread in threads:
+            profile = self.threads.get(thread.thread_id)
+            host_tid = self.tids.host_tid(thread.os_thread_id)
+            if profile is None or profile.host_tid != host_tid:
+                profile = self.threads[thread.thread_id] = ThreadProfile(
+                    host_tid, thread.os_thread_id, thread.name)
+            stack = tuple(thread.frames[:MAX_FRAMES])
+            profile.samples += 1
+            profile.stacks[stack] += 1
+            if thread.active:
+                active += 1
+                profile.active += 1
+                profile.active_stacks[stack] += 1
+            if thread.owns_gil:
+                held = True
+                profile.gil += 1
+                if host_tid is not None:
+                    holders[host_tid] += 1
+            if host_tid is not None:
+                tids.add(host_tid)
+        self.gil_held += held
+        previous = self._tick
+        self._tick = StackTick(previous.samples + 1, previous.gil_held + held,
+                               previous.active_threads + active, frozenset(tids),
+                               previous.holder_tids + holders)
+
+    def take_tick(self) -> StackTick:
+        """The samples since the last call (the engine's per-interval view)."""
+        tick, self._tick = self._tick, StackTick(0, 0, 0, self._tick.python_host_tids, Counter())
+        return tick
+
+    def summary(self, thread_rows: dict[int, dict] | None = None) -> dict:
+        """The report's `python` section. `thread_rows` (host tid -> dsmon's thread row) adds
+        each thread's measured CPU, so busy threads come first."""
+        rows = thread_rows or {}
+        threads = []
+        for profile in self.threads.values():
+            row = rows.get(profile.host_tid) or {}
+            threads.append({
+                "tid": profile.host_tid, "namespace_tid": profile.ns_tid
+                if profile.ns_tid != profile.host_tid else None,
+                "name": profile.name, "samples": profile.samples,
+                "active_ratio": round(profile.active / profile.samples, 4),
+                "gil_ratio": round(profile.gil / profile.samples, 4),
+                "cpu_ratio": row.get("cpu_ratio"), "state": row.get("state"),
+                "top_stacks": profile.top(),
+            })
+        threads.sort(key=lambda t: (-(t["cpu_ratio"] or 0), -t["active_ratio"], -t["gil_ratio"],
+                                    t["tid"] or 0))
+        holders = sorted((t for t in threads if t["gil_ratio"] > 0),
+                         key=lambda t: -t["gil_ratio"])
+        active = [t for t in threads if t["active_ratio"] >= 0.10]
+        timings = sorted(self.dump_seconds)
+        return {
+            "samples": self.samples,
+            "gil_held_ratio": round(self.gil_held / self.samples, 4) if self.samples else None,
+            "gil_holders": [{"tid": t["tid"], "name": t["name"], "gil_ratio": t["gil_ratio"],
+                             "top_frame": t["top_stacks"][0]["frames"][0]
+                             if t["top_stacks"] and t["top_stacks"][0]["frames"] else None}
+                            for t in holders],
+            "python_threads": len(threads),
+            "active_threads": len(active),
+            "idle_threads": len(threads) - len(active),
+            "dump_seconds_median": timings[len(timings) // 2] if timings else None,
+            "dump_seconds_max": timings[-1] if timings else None,
+            "threads": threads,
+        }
+
+    def by_host_tid(self) -> dict[int, ThreadProfile]:
+        return {p.host_tid: p for p in self.threads.values() if p.host_tid is not None}
+
+
+def frame_labels(frames: tuple[Frame, ...]) -> list[str]:
+    return [frame.label() for frame in frames]
