@@ -284,6 +284,10 @@ def test_threads_blocked_on_a_throttled_block_device_fire_io_stall(tmp_path, req
     assert any(c in found["summary"] for c in d_channels), (d_channels, found["summary"])
     rows = {row["name"]: row for row in report["threads"]["all"]}
     assert rows["blk_reader_0"]["state"] == "D" and rows["blk_reader_0"]["wchan"], rows
+    # The finding cites the Python stacks of the blocked readers (py-spy).
+    blocked_stacks = [t for t in found["stacks"]["threads"] if t["why"] == "blocked in I/O"]
+    assert blocked_stacks and all("direct_reader" in " ".join(t["frames"])
+                                  for t in blocked_stacks), found["stacks"]
 
     # The loader's CPU swings with its reads: the cause named is I/O, not the run queue.
     # That holds on a quiet host (as CI is). When other processes keep the CPUs busy, the
@@ -415,6 +419,11 @@ def test_threads_stalled_on_a_slow_fuse_filesystem_fire_io_stall(tmp_path, mode,
         waits = evidence(found, "fs_wait_threads")
         assert waits is not None and waits["value"] >= READERS, found["evidence"]
         assert any(c in found["summary"] for c in channels), (channels, found["summary"])
+        # The finding cites where in Python the readers wait (py-spy, non-blocking: the
+        # stalled FUSE reads do not stall the dump).
+        blocked_stacks = [t for t in found["stacks"]["threads"] if t["why"] == "blocked in I/O"]
+        assert blocked_stacks and all("file_reader" in " ".join(t["frames"])
+                                      for t in blocked_stacks), found["stacks"]
     else:
         # Page-cache reads: the kernel reads ahead in the background and the readers wait on
         # the page (folio) lock in D state; the generic D-state branch catches them.

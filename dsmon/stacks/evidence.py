@@ -4,6 +4,8 @@ rule that asks for `capture: stack`, so a rule file needs no code to cite stacks
 
 from __future__ import annotations
 
+from dsmon.engine.features import FS_WAIT_CHANNELS
+
 CITED_THREADS = 4
 
 
@@ -13,7 +15,11 @@ def stack_evidence(python: dict, threads: dict) -> dict:
         return {"status": python.get("status"), "error": python.get("error", ""),
                 "hint": python.get("hint", "")}
     by_tid = {t["tid"]: t for t in python["threads"] if t["tid"] is not None}
+    # Blocked: in D state during the window, or asleep in a FUSE/network filesystem wait.
     blocked_tids = [row["tid"] for row in threads.get("blocked", [])]
+    blocked_tids += [row["tid"] for row in threads.get("all", [])
+                     if (row.get("wchan") or "").startswith(FS_WAIT_CHANNELS)
+                     and row["tid"] not in blocked_tids]
 
     def cite(thread: dict, why: str) -> dict:
         top = thread["top_stacks"][0] if thread["top_stacks"] else {"frames": [], "share": None}
