@@ -20,6 +20,10 @@ import time
 from dataclasses import dataclass
 
 DEFAULT_TIMEOUT_S = 2.0
+# A dump's time grows with the thread count (measured: ~70 ms for 64 threads, ~0.4 s for 512
+# on a loaded 2-core machine), so the hard limit does too, up to a ceiling.
+TIMEOUT_PER_THREAD_S = 0.002
+MAX_TIMEOUT_S = 30.0
 STDOUT_LIMIT = 16 * 1024 * 1024     # a dump of 10,000 threads with deep stacks is ~10 MB
 
 PTRACE_HINT = (
@@ -158,6 +162,17 @@ def _run_state(procfs: str, pid: int) -> str | None:
     return after[0].decode() if after else None
 
 
+def _thread_count(procfs: str, pid: int) -> int:
+    try:
+        with open(f"{procfs}/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class PySpy:
     """Runs py-spy dumps. One instance per driver; it owns the per-target locks."""
 
@@ -196,7 +211,10 @@ class PySpy:
                 command.append("--nonblocking")
             if with_locals:
                 command.append("--locals")
-            return parse_dump(self._run(pid, command, timeout_s or self.timeout_s))
+            if timeout_s is None:
+                timeout_s = min(MAX_TIMEOUT_S, self.timeout_s
+                                + TIMEOUT_PER_THREAD_S * _thread_count(self.procfs, pid))
+            return parse_dump(self._run(pid, command, timeout_s))
         except ValueError as exc:
             raise PySpyError("failed", f"py-spy output was not JSON: {exc}") from None
         finally:

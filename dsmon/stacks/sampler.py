@@ -38,8 +38,12 @@ class StackSampler:
         return self
 
     def stop(self) -> None:
+        """After this returns the profile no longer changes. A dump still in flight (a huge
+        target) gets a little time to finish; its result is dropped, not waited for."""
         self._stop.set()
         self._thread.join(timeout=self.pyspy.timeout_s + 1.0)
+        with self._lock:
+            pass
 
     def _loop(self) -> None:
         next_at = time.monotonic()
@@ -55,6 +59,8 @@ class StackSampler:
                     return
             else:
                 with self._lock:
+                    if self._stop.is_set():
+                        return
                     self.profile.add(threads, time.monotonic() - started)
                     self.error = None
             # A fixed rate, but never back to back: a slow dump (a big target) lowers the rate
