@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dsmon.agent.config import (AgentConfig, ConfigError, TargetSpec, load_config, parse_target)
+from dsmon.agent.config import (AgentConfig, ConfigError, TargetSpec, load_config, parse_config,
+                                parse_target)
 from dsmon.agent.targets import TargetResolver
 from dsmon.paths import HostPaths
 from tests.helpers.spawn import workload
@@ -107,3 +108,20 @@ def test_auto_follows_nvml_compute_processes_whatever_their_name():
         found = {r.pid: r for r in resolver.resolve(gpu_pids={plain.pid})}
     assert plain.pid in found
     assert found[plain.pid].label == "python"         # its engine: plain Python
+
+
+def test_captures_section_is_strict_and_reported_at_once():
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"captures": {"enabled": "yes", "keep": 0, "max_bytes": 100,
+                                   "min_interval": "soon", "locals": 1, "colour": "red"}},
+                     "x.toml")
+    problems = "\n".join(raised.value.problems)
+    for needle in ("enabled must be true or false", "keep must be a whole number >= 1",
+                   "max_bytes must be a whole number >= 4096", "min_interval",
+                   "locals must be true or false", "unknown key 'colour'"):
+        assert needle in problems, problems
+    config = parse_config({"captures": {"dir": "/srv/captures", "min_interval": "1m",
+                                        "max_age": "2d", "locals": True}}, "x.toml")
+    assert config.captures.directory == "/srv/captures"
+    assert (config.captures.min_interval_s, config.captures.max_age_s) == (60.0, 172800.0)
+    assert config.captures.with_locals is True

@@ -22,8 +22,8 @@ DEFAULT_PORT = 9848
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 TARGET_KINDS = ("pid", "pidfile", "unit", "pattern", "auto")
 _LABEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class ConfigError(Exception):
