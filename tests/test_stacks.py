@@ -353,3 +353,37 @@ rules:
             with pytest.raises(urllib.error.HTTPError):
                 urllib.request.urlopen(url + "/captures/..%2F..%2Fetc%2Fpasswd", timeout=5)
     assert len(list(captures.glob("*.json"))) == 1     # rate-limited: one per target
+
+
+def test_profile_counts_gil_and_activity_per_interval_and_maps_namespace_tids(tmp_path):
+    from dsmon.stacks.profile import NamespaceTids, StackProfile
+    from dsmon.stacks.pyspy import Frame, ThreadStack
+    from tests.fixturetree import FakeHost
+
+    # A containerised target: host pid 500 is pid 1 inside; its thread 501 is 7 inside.
+    tree = FakeHost(tmp_path)
+    tree.write("proc/500/task/500/status", "Name:\tpython\nNSpid:\t500\t1\n")
+    tree.write("proc/500/task/501/status", "Name:\tworker\nNSpid:\t501\t7\n")
+    profile = StackProfile(NamespaceTids(tree.paths, 500, [500, 1]))
+    hot = (Frame("step", "/srv/m.py", "m.py", 3),)
+    wait = (Frame("get", "/srv/q.py", "q.py", 9),)
+
+    def sample(holder: bool):
+        return [ThreadStack(1, 1, "MainThread", False, False, wait),
+                ThreadStack(2, 7, "worker", True, holder, hot)]
+
+    for holder in (True, True, True, False):
+        profile.add(sample(holder), 0.01)
+    tick = profile.take_tick()
+    assert (tick.samples, tick.gil_held, tick.active_threads) == (4, 3, 4)
+    assert tick.python_host_tids == frozenset({500, 501})
+    assert profile.take_tick().samples == 0          # the next interval starts empty
+    summary = profile.summary({501: {"cpu_ratio": 0.9, "state": "R"}})
+    worker = summary["threads"][0]
+    assert (worker["tid"], worker["namespace_tid"], worker["name"]) == (501, 7, "worker")
+    assert (worker["gil_ratio"], worker["active_ratio"], worker["cpu_ratio"]) == (0.75, 1.0, 0.9)
+    assert worker["top_stacks"][0]["frames"] == ["step (m.py:3)"]
+    assert summary["gil_held_ratio"] == 0.75
+    assert summary["active_threads"] == 1 and summary["idle_threads"] == 1
+    main = summary["threads"][1]
+    assert main["tid"] == 500 and main["top_stacks"][0]["frames"] == ["get (q.py:9)"]
