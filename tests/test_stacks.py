@@ -387,3 +387,31 @@ def test_profile_counts_gil_and_activity_per_interval_and_maps_namespace_tids(tm
     assert summary["active_threads"] == 1 and summary["idle_threads"] == 1
     main = summary["threads"][1]
     assert main["tid"] == 500 and main["top_stacks"][0]["frames"] == ["get (q.py:9)"]
+
+
+def test_recorded_dumps_of_a_pytorch_gpu_process_replay_through_the_profile():
+    """py-spy's answers recorded on an H200 host (bench/device/stacks.sh): a PyTorch process
+    with 36 OS threads, 5 of them Python (the main thread in GPU/CPU matmuls, four loader
+    threads in a pure-Python loop)."""
+    from dsmon.stacks.profile import NamespaceTids, StackProfile
+    from dsmon.paths import HostPaths
+
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "stacks" / "h200-torch"
+                           / "pyspy-dumps-torch.json").read_text())
+    profile = StackProfile(NamespaceTids(HostPaths(), 0, None))
+    for dump in recorded["dumps"]:
+        profile.add(parse_dump(json.dumps(dump)))
+    summary = profile.summary()
+    assert summary["samples"] == 25 and summary["python_threads"] == 5
+    holders = [h["name"] for h in summary["gil_holders"]]
+    assert set(holders[:4]) == {"loader_0", "loader_1", "loader_2", "loader_3"}, holders
+    assert all(h["top_frame"].startswith("small_cpu_work (torch_workload.py:")
+               for h in summary["gil_holders"] if h["name"].startswith("loader"))
+    assert summary["gil_held_ratio"] >= 0.7
+    main = next(t for t in summary["threads"] if t["name"] == "MainThread")
+    assert main["top_stacks"][0]["frames"][0].startswith("main (torch_workload.py:")
+    assert main["gil_ratio"] <= 0.1      # torch ops release the GIL
+    # The diagnose run on that host named the same pattern.
+    report = json.loads((Path(__file__).parent / "fixtures" / "stacks" / "h200-torch"
+                         / "diagnose.json").read_text())
+    assert [f["rule_id"] for f in report["findings"]] == ["gil-contention"]

@@ -39,6 +39,20 @@ json.dump(doc, open(out, "w"), indent=1)
 print(json.dumps({k: v for k, v in doc.items() if k != "threads"}))
 print("median non-blocking dump", statistics.median(nonblocking) * 1000, "ms")
 PYEOF
+# Raw py-spy answers (a JSON list of dumps) for CI's replay test (tests/fixtures/stacks/).
+$PY - "$WORKLOAD" "$OUT/pyspy-dumps-torch.json" <<'PYEOF'
+import json, os, subprocess, sys, time
+pid, out = sys.argv[1], sys.argv[2]
+dumps = []
+for _ in range(25):
+    answer = subprocess.run([os.environ["DSMON_PY_SPY"], "dump", "--pid", pid, "--json",
+                             "--nonblocking"], capture_output=True, text=True, timeout=10)
+    dumps.append(json.loads(answer.stdout))
+    time.sleep(0.2)
+json.dump({"source": "bench/device/stacks.sh: bench/device/torch_workload.py on an H200 host",
+           "dumps": dumps}, open(out, "w"))
+print("recorded", len(dumps), "dumps")
+PYEOF
 timeout 60 $PY -m dsmon diagnose "$WORKLOAD" --duration 10s --format json -o "$OUT/stacks-diagnose.json"
 echo "diagnose rc=$?"
 $PY - "$OUT/stacks-diagnose.json" <<'PYEOF'
