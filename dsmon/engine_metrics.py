@@ -144,6 +144,18 @@ def _sum(families: dict, name: str, suffix: str = "") -> float | None:
     return sum(values) if values else None
 
 
+def _counter(families: dict, name: str) -> float | None:
+    """A counter's value summed over its label sets. The parser files a counter under its name
+    without "_total" and reports its samples with it, whether or not the engine wrote it
+    (vLLM and SGLang do; Triton and TGI do not)."""
+    family = families.get(name.removesuffix("_total"))
+    if family is None or family.type != "counter":
+        return None
+    values = [sample.value for sample in family.samples
+              if sample.name in (family.name, family.name + "_total")]
+    return sum(values) if values else None
+
+
 def _max(families: dict, name: str) -> float | None:
     values = _values(families, name)
     return max(values) if values else None
@@ -161,15 +173,14 @@ def parse_signals(engine: str, text: str) -> EngineSignals:
     if engine == "vllm":
         signals.kv_cache_usage_ratio = _first(_max(families, "vllm:kv_cache_usage_perc"),
                                               _max(families, "vllm:gpu_cache_usage_perc"))
-        # The parser names a counter's family without "_total"; the sample keeps it.
-        signals.preemptions_total = _sum(families, "vllm:num_preemptions", "_total")
+        signals.preemptions_total = _counter(families, "vllm:num_preemptions_total")
         signals.running_requests = _sum(families, "vllm:num_requests_running")
         signals.waiting_requests = _sum(families, "vllm:num_requests_waiting")
         signals.queue_time_seconds_sum = _sum(families, "vllm:request_queue_time_seconds", "_sum")
         signals.queue_time_count = _sum(families, "vllm:request_queue_time_seconds", "_count")
     elif engine == "sglang":
         signals.kv_cache_usage_ratio = _max(families, "sglang:token_usage")
-        signals.preemptions_total = _sum(families, "sglang:num_retracted_requests", "_total")
+        signals.preemptions_total = _counter(families, "sglang:num_retracted_requests_total")
         signals.running_requests = _sum(families, "sglang:num_running_reqs")
         signals.waiting_requests = _sum(families, "sglang:num_queue_reqs")
         signals.queue_time_seconds_sum = _sum(families, "sglang:queue_time_seconds", "_sum")
@@ -181,9 +192,9 @@ def parse_signals(engine: str, text: str) -> EngineSignals:
         signals.queue_time_count = _sum(families, "tgi_request_queue_duration", "_count")
     elif engine == "triton":
         signals.waiting_requests = _sum(families, "nv_inference_pending_request_count")
-        queue_us = _sum(families, "nv_inference_queue_duration_us")
-        done = [v for v in (_sum(families, "nv_inference_request_success"),
-                            _sum(families, "nv_inference_request_failure")) if v is not None]
+        queue_us = _counter(families, "nv_inference_queue_duration_us")
+        done = [v for v in (_counter(families, "nv_inference_request_success"),
+                            _counter(families, "nv_inference_request_failure")) if v is not None]
         if queue_us is not None and done:
             signals.queue_time_seconds_sum = queue_us / 1e6
             signals.queue_time_count = sum(done)
