@@ -13,6 +13,7 @@ from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import load_rules
 from dsmon.gpu.sample import GpuCollector
 from dsmon.model import Batch, Status, run_collector
+from dsmon.model_size import report_note as model_size_note
 from dsmon.observations import observe
 from dsmon.paths import HostPaths
 from dsmon.sampler import TargetSampler, Tick
@@ -168,6 +169,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
         for t in monitor.transitions]
     report["gpu"] = gpu_section(gpu_first, gpu_last, pid)
+    if gpu_last.ok:   # what its GPU memory says about the model (plan's arithmetic)
+        report["gpu"]["model_size"] = model_size_note(report["gpu"], pid, static.identity.cmdline,
+                                                      monitor.engine_name, paths)
     report["worst_firing_severity"] = monitor.worst_firing()
     report["observations"] = observe(report)
     return report
