@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -12,6 +13,8 @@ from dsmon.engine_metrics import EngineScraper, find_endpoint
 from dsmon.model import run_collector
 from dsmon.paths import HostPaths
 from dsmon.sampler import TargetSampler, Tick
+
+log = logging.getLogger("dsmon.agent")
 
 
 @dataclass
@@ -126,7 +129,16 @@ class TargetRuntime:
         Unreachable is the batch's status and reason: the engine features go absent."""
         if self.engine_scraper is None or self.gone:
             return
-        self.engine_batch = run_collector("engine", self.engine_scraper.collect)
+        before = self.engine_batch
+        batch = run_collector("engine", self.engine_scraper.collect)
+        self.engine_batch = batch
+        if before is None or before.ok != batch.ok:   # said once per change, not per scrape
+            if batch.ok:
+                log.info("target %s: reading %s metrics from %s", self.label,
+                         self.monitor.engine_name, batch.data.url)
+            else:
+                log.info("target %s: %s; engine rules are quiet, host rules go on", self.label,
+                         batch.error)
 
     def refresh_numa(self) -> None:
         batch = self.sampler.numa()
