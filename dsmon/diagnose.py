@@ -11,6 +11,7 @@ from dsmon import __version__
 from dsmon.analysis import analyse
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import load_rules
+from dsmon.engine_metrics import EngineFollower
 from dsmon.gpu.sample import GpuCollector
 from dsmon.model import Batch, Status, run_collector
 from dsmon.model_size import report_note as model_size_note
@@ -111,8 +112,14 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         monitor = RuleMonitor(static, rules)
         gpu = GpuCollector(paths, nvml, targets=[pid])
         gpu_batches: list[Batch] = []
+        environment = static.environment.data if static.environment.ok else None
+        engine = EngineFollower(monitor.engine_name, static.identity.cmdline,
+                                environment if isinstance(environment, dict) else None)
 
         def on_tick(tick: Tick) -> None:
+            engine_batch = engine.scrape_if_due()     # the engine's own /metrics, every 2 s
+            if engine_batch is not None:
+                tick.batches["engine"] = engine_batch
             # GPUs are sampled with every tick (0.16 ms per GPU measured) so the GPU rules
             # see growth.
             if gpu_batches and not gpu_batches[0].ok:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from dsmon.model import Batch, run_collector
 from dsmon.sources import SourceError
 
 ENGINES_WITH_METRICS = ("vllm", "sglang", "tgi", "triton")
@@ -296,3 +297,23 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+class EngineFollower:
+    """Scrapes for a foreground driver (`dsmon diagnose`): at most one scrape per interval, in
+    the sampling loop, with a short timeout. The agent scrapes on its slow executor instead."""
+
+    def __init__(self, engine: str, cmdline: list[str], environ: dict[str, str] | None = None,
+                 interval_s: float = 2.0, timeout_s: float = 0.5, clock=time.monotonic):
+        endpoint, self.why = find_endpoint(engine, cmdline, environ)
+        self.scraper = EngineScraper(endpoint, timeout_s, clock) if endpoint else None
+        self.interval_s = interval_s
+        self.clock = clock
+        self._due = 0.0
+
+    def scrape_if_due(self) -> Batch | None:
+        """A fresh reading (or the failure) when one is due; None between scrapes."""
+        if self.scraper is None or self.clock() < self._due:
+            return None
+        self._due = self.clock() + self.interval_s
+        return run_collector("engine", self.scraper.collect)

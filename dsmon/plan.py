@@ -195,10 +195,11 @@ def activation_bytes(shape: ModelShape | None, tokens: int, batch: int, dtype: s
     each of `batch` sequences on one GPU. docs/plan.md derives the formula."""
     size = ACTIVATION_BYTES.get(dtype.lower(), 2.0)
     total_tokens = tokens * batch
-    if shape is None:
-        low, high = (gb * GB * total_tokens / 2048 for gb in SEED_ACTIVATION_GB_PER_2048_TOKENS)
-        return low, high, "seed rule of thumb: 5-10 GB per 2048 tokens (no model config)"
     tp = max(1, tensor_parallel)
+    if shape is None:
+        low, high = (gb * GB * total_tokens / 2048 / tp
+                     for gb in SEED_ACTIVATION_GB_PER_2048_TOKENS)
+        return low, high, "seed rule of thumb: 5-10 GB per 2048 tokens (no model config)"
     intermediate = shape.intermediate_size or 4 * shape.hidden_size
     kv_width = (shape.kv_lora_rank + shape.qk_rope_head_dim) if shape.kv_lora_rank is not None \
         else 2 * shape.kv_heads * shape.head_dim
@@ -331,7 +332,7 @@ def per_gpu_need(request: PlanRequest, dtype: str, tp: int, batch: int) -> float
     weights = weight_bytes(request.parameters, dtype) / tp
     if request.shape is None:
         _, act, _ = activation_bytes(None, seq_len, batch, dtype, tp)
-        return weights + act / tp
+        return weights + act
     kv = kv_bytes_per_token(request.shape, request.kv_dtype or _kv_default(dtype), tp)
     _, act, _ = activation_bytes(request.shape, seq_len, batch, dtype, tp)
     return weights + kv * seq_len * batch + act

@@ -181,7 +181,8 @@ def test_no_endpoint_says_why(engine, cmdline, reason):
 # ---------------------------------------------------------------------------- a metrics server
 
 class MetricsServer:
-    """A local engine stand-in: serves `body` at /metrics on 127.0.0.1 until stopped."""
+    """A local engine stand-in: serves `body` (text, or a function giving it) at /metrics on
+    127.0.0.1 until stopped."""
 
     def __init__(self, body: str, port: int = 0):
         self.body = body
@@ -194,7 +195,8 @@ class MetricsServer:
                 if self.path != "/metrics":
                     self.send_error(404)
                     return
-                data = owner.body.encode()
+                body = owner.body() if callable(owner.body) else owner.body
+                data = body.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(data)))
@@ -478,3 +480,62 @@ def test_agent_scrapes_the_engine_and_degrades_quietly(tmp_path, servers):
         agent.stop()
         fake_vllm.kill()
         fake_vllm.wait()
+
+
+def _fake_vllm(tmp_path, port):
+    import subprocess
+    script = tmp_path / "vllm" / "entrypoints" / "api_server.py"    # "/vllm" marks the engine
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text("import time\ntime.sleep(300)\n")
+    process = subprocess.Popen([sys.executable, str(script), "--port", str(port)])
+    deadline = time.monotonic() + 30             # until exec has replaced the command line
+    while b"api_server.py" not in open(f"/proc/{process.pid}/cmdline", "rb").read():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return process
+
+
+def _diagnose(pid, seconds):
+    from dsmon.diagnose import DiagnoseOptions, diagnose
+    from dsmon.gpu.fake import FakeBackend
+    from dsmon.paths import HostPaths
+    from pathlib import Path
+    no_driver = FakeBackend(Path(__file__).parent / "fixtures" / "gpu" / "h200-2gpu.json",
+                            init_error="LibraryNotFound")
+    return diagnose(HostPaths(), pid, DiagnoseOptions(seconds, 0.5), nvml=no_driver)
+
+
+@pytest.mark.slow
+def test_diagnose_reads_the_engine_and_fires_on_a_full_kv_cache(tmp_path, servers):
+    started = time.monotonic()
+    server = servers(lambda: vllm_v1(kv=0.96, waiting=7,
+                                     preemptions=int(4 * (time.monotonic() - started))))
+    process = _fake_vllm(tmp_path, server.port)
+    try:
+        report = _diagnose(process.pid, 10.0)
+    finally:
+        process.kill()
+        process.wait()
+    assert report["engine"] == "vllm"
+    assert report["collectors"]["engine"]["status"] == "ok"
+    assert report["collectors"]["engine"]["runs"] >= 3          # every 2 s, not every sample
+    findings = {f["rule_id"]: f for f in report["findings"]}
+    assert findings["gpu-kv-cache-exhausted"]["state"] == "firing", report["findings"]
+    assert report["worst_firing_severity"] == "warning"
+
+
+def test_diagnose_without_a_reachable_endpoint_is_host_only(tmp_path):
+    closed = MetricsServer("")
+    port = closed.port
+    closed.stop()
+    process = _fake_vllm(tmp_path, port)
+    try:
+        report = _diagnose(process.pid, 1.0)
+    finally:
+        process.kill()
+        process.wait()
+    engine = report["collectors"]["engine"]
+    assert engine["status"] == "failed" and "unreachable" in engine["error"]
+    assert report["collectors"]["process"]["status"] == "ok"
+    assert report["window"]["complete"] is True
+    assert not any(f["rule_id"] == "gpu-kv-cache-exhausted" for f in report["findings"])
