@@ -113,7 +113,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         gpu = GpuCollector(paths, nvml, targets=[pid])
         gpu_batches: list[Batch] = []
         environment = static.environment.data if static.environment.ok else None
-        engine = EngineFollower(monitor.engine_name, static.identity.cmdline,
+        # A replayed snapshot's engine is not on this machine's loopback: no scrape there.
+        engine = EngineFollower(monitor.engine_name if paths.is_live else "",
+                                static.identity.cmdline,
                                 environment if isinstance(environment, dict) else None)
 
         def on_tick(tick: Tick) -> None:

@@ -150,8 +150,9 @@ def report_note(gpu_report: dict, pid: int, cmdline: list[str], engine: str,
     def resolve(path: str) -> list[str]:
         # The target's view of its filesystem first (containers), then ours. A relative path
         # is the target's cwd's (a HuggingFace hub id such as org/name resolves to nothing).
+        # A replayed snapshot's paths name another machine's files: only its own tree counts.
         if os.path.isabs(path):
-            return [paths.pid(pid, "root") + path, path]
+            return [paths.pid(pid, "root") + path] + ([path] if paths.is_live else [])
         return [os.path.join(paths.pid(pid, "cwd"), path)]
 
     return explain(memory, max(totals) if totals else None, engine, cmdline, resolve)
