@@ -534,6 +534,12 @@ def recommend(request: PlanRequest, host: HostFacts) -> dict:
     out["max_batch"] = max_batch(request, dtype, tp, gpu_bytes)
     out["max_batch_seq_len"] = _seq_len(request)
     out["workers"] = worker_binding(host, min(tp, available))
+    known = {node.node for node in host.nodes}
+    unknown = sorted({w["numa_node"] for w in out["workers"]
+                      if w["numa_node"] is not None and w["numa_node"] not in known})
+    if unknown:
+        out["notes"].append(f"GPU NUMA node(s) {', '.join(map(str, unknown))} not among this "
+                            "host's nodes (a recording replayed on another host?): no binding")
     return out
 
 
