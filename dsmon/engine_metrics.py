@@ -7,15 +7,18 @@ reduces the exposition to `EngineSignals`. The parsing (`parse_signals`) is pure
 (`EngineScraper`) is the only I/O. An endpoint that is missing or unreachable is a status with
 a reason, never zeros: the rules then see no engine features and stay host-only.
 
-Metric names and types, as the engines document them:
+Metric names and types, as the engines document them (README "Engine metrics" has the table):
 
-| signal | vLLM | SGLang | TGI | Triton |
-|---|---|---|---|---|
-| KV cache usage (0-1) | `vllm:kv_cache_usage_perc` (V1), `vllm:gpu_cache_usage_perc` (V0) | `sglang:token_usage` | - | - |
-| preemptions (counter) | `vllm:num_preemptions_total` | `sglang:num_retracted_requests_total` | - | - |
-| running requests | `vllm:num_requests_running` | `sglang:num_running_reqs` | `tgi_batch_current_size` | - |
-| waiting requests | `vllm:num_requests_waiting` | `sglang:num_queue_reqs` | `tgi_queue_size` | `nv_inference_pending_request_count` |
-| queue time | `vllm:request_queue_time_seconds` (histogram) | `sglang:queue_time_seconds` (histogram) | `tgi_request_queue_duration` (histogram, s) | `nv_inference_queue_duration_us` / `nv_inference_request_success` + `_failure` (counters) |
+- vLLM: `vllm:kv_cache_usage_perc` (V1; V0 `vllm:gpu_cache_usage_perc`), gauge 0-1;
+  `vllm:num_preemptions_total`, counter; `vllm:num_requests_running` / `_waiting`, gauges;
+  `vllm:request_queue_time_seconds`, histogram.
+- SGLang: `sglang:token_usage`, gauge 0-1; `sglang:num_retracted_requests_total`, counter;
+  `sglang:num_running_reqs` / `sglang:num_queue_reqs`, gauges; `sglang:queue_time_seconds`,
+  histogram.
+- TGI: `tgi_batch_current_size` / `tgi_queue_size`, gauges; `tgi_request_queue_duration`,
+  histogram in seconds. No KV cache or preemption metric.
+- Triton: `nv_inference_pending_request_count`, gauge; `nv_inference_queue_duration_us` over
+  `nv_inference_request_success` + `_failure`, counters. No KV cache or preemption metric.
 """
 
 from __future__ import annotations

@@ -501,7 +501,6 @@ def recommend(request: PlanRequest, host: HostFacts) -> dict:
                 (d for d in DTYPE_PREFERENCE
                  if per_gpu_need(request, d, 1, request.batch) <= ram), None)
         out["gpus_needed"] = None
-        workers = 1
         cores = host.physical_cores or host.logical_cpus or 1
         out["workers"] = [{"worker": 0, "gpu": None, "numa_node": None,
                            "physical_cores": cores,
@@ -608,7 +607,8 @@ def render_text(plan: dict) -> str:
     for row in plan["tiers"]:
         need = row["requires"]
         lines.append(f"  {row['tier']:<28} {need['physical_cores']:>2} cores "
-                     f"{need['min_ghz']:.1f} GHz+ {need['ram_gb']:>3} GB {need['gpu_memory_gb']:>2} GB"
+                     f"{need['min_ghz']:.1f} GHz+ {need['ram_gb']:>3} GB "
+                     f"{need['gpu_memory_gb']:>2} GB"
                      f"  -> cores {_yes(row['cores_ok'])}, clock {_yes(row['clock_ok'])}, "
                      f"RAM {_yes(row['ram_ok'])}, GPU {_yes(row['gpu_memory_ok'])}")
     rec = plan["recommendation"]
