@@ -73,7 +73,7 @@ def test_deepseek_v3_mla_kv_cache_by_hand():
     assert shape.attention == "MLA"
     # One latent per token and layer: 61 x (512 + 64) x 2 bytes = 70,272 bytes (no x2 for K/V).
     assert kv_bytes_per_token(shape, "bf16") == 61 * (512 + 64) * 2 == 70_272
-    # Were it stored as plain MHA (128 heads x (128 + 64) K, 128 V) it would be ~69x larger.
+    # Were it stored as plain MHA (128 heads x (128 + 64) K, 128 V) it would be ~71x larger.
     mha = 61 * 128 * ((128 + 64) + 128) * 2
     assert mha / 70_272 > 60
     # Every tensor-parallel rank holds the whole latent.
