@@ -283,6 +283,61 @@ def topo(pid, nvml_replay, paths):
         sys.exit(EXIT_NO_TARGET)
 
 
+@main.command()
+@click.option("--params", "parameters", required=True,
+              help="parameter count, e.g. 6.5B, 70B, 350M")
+@click.option("--dtype", default="bf16", show_default=True,
+              help="weight precision: fp32, fp16, bf16, fp8, int8, int4")
+@click.option("--model-config", type=click.Path(dir_okay=False), default=None,
+              help="the model's HuggingFace config.json (for the KV cache and activations)")
+@click.option("--seq-len", type=click.IntRange(1), default=None,
+              help="tokens per sequence (default: the config's max_position_embeddings, "
+                   "else 2048)")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="concurrent sequences")
+@click.option("--kv-dtype", default=None, help="KV cache precision (default: bf16, fp32 "
+              "for fp32 models)")
+@click.option("--gpus", type=click.IntRange(1), default=None,
+              help="tensor-parallel size (default: the fewest GPUs that fit)")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="answer NVML questions from a recording instead of the driver")
+@host_path_options
+def plan(parameters, dtype, model_config, seq_len, batch, kv_dtype, gpus, output_format,
+         nvml_replay, paths):
+    """The memory a model needs (weights, KV cache, activations) and what fits on this host.
+
+    Exit codes: 0 the plan fits on this host; 11 it does not; 2 bad input.
+    """
+    import json
+    import logging
+
+    from dsmon.plan import (PlanError, PlanRequest, load_model_config, make_plan,
+                            parse_parameters, read_host, render_text)
+
+    logging.getLogger("dsmon.gpu").setLevel(logging.ERROR)   # the plan says why, once
+    try:
+        request = PlanRequest(parse_parameters(parameters), dtype.lower(), seq_len, batch,
+                              kv_dtype.lower() if kv_dtype else None, gpus,
+                              load_model_config(model_config) if model_config else None,
+                              model_config)
+        result = make_plan(request, read_host(paths, _nvml_backend(nvml_replay, paths)))
+    except PlanError as exc:
+        click.echo(f"dsmon: {exc}", err=True)
+        sys.exit(2)
+    if output_format == "json":
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(render_text(result), nl=False)
+    recommendation = result["recommendation"]
+    fits = recommendation.get("fits", recommendation.get("fits_in_ram"))
+    sys.exit(0 if fits else EXIT_PLAN_DOES_NOT_FIT)
+
+
+EXIT_PLAN_DOES_NOT_FIT = 11
+
+
 @main.group()
 def rules():
     """Check, list and explain dsmon's rules (rules/dsmon/*.yaml and your own)."""

@@ -11,8 +11,10 @@ from dsmon import __version__
 from dsmon.analysis import analyse
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import load_rules
+from dsmon.engine_metrics import EngineFollower
 from dsmon.gpu.sample import GpuCollector
 from dsmon.model import Batch, Status, run_collector
+from dsmon.model_size import report_note as model_size_note
 from dsmon.observations import observe
 from dsmon.paths import HostPaths
 from dsmon.sampler import TargetSampler, Tick
@@ -118,8 +120,16 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         gpu = GpuCollector(paths, nvml, targets=[pid])
         gpu_batches: list[Batch] = []
         stacks = _start_stacks(paths, pid, static, options)
+        environment = static.environment.data if static.environment.ok else None
+        # A replayed snapshot's engine is not on this machine's loopback: no scrape there.
+        engine = EngineFollower(monitor.engine_name if paths.is_live else "",
+                                static.identity.cmdline,
+                                environment if isinstance(environment, dict) else None)
 
         def on_tick(tick: Tick) -> None:
+            engine_batch = engine.scrape_if_due()     # the engine's own /metrics, every 2 s
+            if engine_batch is not None:
+                tick.batches["engine"] = engine_batch
             if stacks is not None:
                 batch = stacks.tick_batch()
                 if batch is not None:
@@ -188,6 +198,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
         for t in monitor.transitions]
     report["gpu"] = gpu_section(gpu_first, gpu_last, pid)
+    if gpu_last.ok:   # what its GPU memory says about the model (plan's arithmetic)
+        report["gpu"]["model_size"] = model_size_note(report["gpu"], pid, static.identity.cmdline,
+                                                      monitor.engine_name, paths)
     report["worst_firing_severity"] = monitor.worst_firing()
     report["observations"] = observe(report)
     return report

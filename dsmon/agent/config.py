@@ -51,6 +51,7 @@ class AgentConfig:
     rules_interval_s: float = 1.0
     discovery_interval_s: float = 10.0
     slow_interval_s: float = 30.0
+    engine_interval_s: float = 10.0     # scrapes of the engines' own /metrics
     max_series: int = 50000
     max_threads: int = 2048
     max_pools: int = 20
@@ -116,7 +117,7 @@ def _checked(spec: TargetSpec, where: str, problems: list[str]) -> TargetSpec | 
 
 _KEYS = {
     "agent": {"listen", "interval", "rules_interval", "discovery_interval", "slow_interval",
-              "max_series", "max_threads", "max_pools", "web_config"},
+              "engine_interval", "max_series", "max_threads", "max_pools", "web_config"},
     "paths": {"procfs", "sysfs", "rootfs"},
     "rules": {"paths", "disable"},
     "targets": set(TARGET_KINDS) | {"name"},
@@ -160,7 +161,8 @@ def parse_config(document: dict, source: str) -> AgentConfig:
         values["listen"] = str(agent["listen"])
         if not re.match(r"^.+:\d{1,5}$", values["listen"]):
             problems.append(f"{source}: [agent] listen {agent['listen']!r} must be HOST:PORT")
-    for key in ("interval", "rules_interval", "discovery_interval", "slow_interval"):
+    for key in ("interval", "rules_interval", "discovery_interval", "slow_interval",
+                "engine_interval"):
         if key in agent:
             seconds = parse_duration(agent[key], f"{source}: [agent] {key}", problems)
             if seconds is not None:

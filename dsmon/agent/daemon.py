@@ -9,6 +9,7 @@ Jobs (APScheduler 3.x, each `max_instances=1, coalesce=True`):
 - `rules`     every rules interval: evaluates each target's rules at that time.
 - `discover`  (slow executor) finds targets, follows restarts under the same label.
 - `numa`      (slow executor) re-reads numa_maps, which walks page tables.
+- `engine`    (slow executor) scrapes the engines' own /metrics (vLLM, SGLang, TGI, Triton).
 A hung job stalls only itself; a scrape serves the last published families.
 """
 
@@ -132,7 +133,8 @@ class Agent:
                     continue
                 try:
                     self.targets[label] = TargetRuntime(resolved, self.paths, self.rules,
-                                                        self.config.max_threads)
+                                                        self.config.max_threads,
+                                                        self.config.engine_interval_s)
                     log.info("following target %s: pid %d (%s)", label, resolved.pid,
                              resolved.spec.describe())
                 except TargetNotFound as exc:
@@ -259,6 +261,15 @@ class Agent:
                     runtime.refresh_numa()
         self._run("numa", work)
 
+    def scrape_engines(self) -> None:
+        """The engines' own /metrics, one target after the other (each with a short timeout)."""
+        def work():
+            with self.lock:
+                runtimes = list(self.targets.values())
+            for runtime in runtimes:
+                runtime.scrape_engine()
+        self._run("engine", work)
+
     # -- exposition -------------------------------------------------------------------------
 
     def publish(self) -> None:
@@ -369,6 +380,8 @@ class Agent:
                                id="discover", executor="slow")
         self.scheduler.add_job(self.refresh_numa, "interval", seconds=config.slow_interval_s,
                                id="numa", executor="slow")
+        self.scheduler.add_job(self.scrape_engines, "interval", seconds=config.engine_interval_s,
+                               id="engine", executor="slow")
         self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES)
         self.scheduler.start()
         if serve:

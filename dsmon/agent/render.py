@@ -56,6 +56,7 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
     out.gauge("dsmon_target_info", "The target's identity (labels only; pids are not labels).",
               1, target=label, comm=identity.comm, engine=runtime.monitor.engine_name,
               cgroup=runtime.static.cgroup_layout.cgroup_path or "")
+    render_engine(out, runtime)
     if tick is None:
         return
     process = tick.data("process")
@@ -141,6 +142,31 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
                       "(numa_maps, slow cadence).", size, target=label, node=str(node))
     out.gauge("dsmon_last_sample_timestamp_seconds", "When the target was last sampled.",
               tick.wall_ts, target=label)
+
+
+def render_engine(out: MetricsBuilder, runtime) -> None:
+    """The engine's own signals (when its endpoint answered) and whether it answered. A target
+    without an endpoint (not an engine, metrics off) has none of these series."""
+    if runtime.engine_scraper is None or runtime.engine_batch is None:
+        return
+    label, batch = runtime.label, runtime.engine_batch
+    out.gauge("dsmon_engine_up", "1 when the engine's own metrics endpoint answered the last "
+              "scrape, 0 when it did not (engine rules then go quiet).", 1 if batch.ok else 0,
+              target=label, engine=runtime.monitor.engine_name)
+    out.gauge("dsmon_engine_scrape_duration_seconds", "Duration of the last scrape of the "
+              "engine's metrics endpoint.", batch.duration_s, target=label)
+    if not batch.ok:
+        return
+    signals = batch.data.signals
+    out.gauge("dsmon_engine_kv_cache_usage_ratio", "Share of the engine's KV cache in use "
+              "(vLLM, SGLang).", signals.kv_cache_usage_ratio, target=label)
+    out.counter("dsmon_engine_preemptions", "Requests the engine preempted (vLLM) or "
+                "retracted (SGLang), as the engine counts them.", signals.preemptions_total,
+                target=label)
+    for state, value in (("running", signals.running_requests),
+                         ("waiting", signals.waiting_requests)):
+        out.gauge("dsmon_engine_requests", "Requests running and waiting in the engine.",
+                  value, target=label, state=state)
 
 
 def render_findings(out: MetricsBuilder, active: set[tuple[str, str, str]],

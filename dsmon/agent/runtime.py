@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
 from dsmon.agent.targets import Resolved
 from dsmon.analysis import pool_of
 from dsmon.engine.monitor import RuleMonitor
+from dsmon.engine_metrics import EngineScraper, find_endpoint
+from dsmon.model import run_collector
 from dsmon.paths import HostPaths
 from dsmon.sampler import TargetSampler, Tick
+
+log = logging.getLogger("dsmon.agent")
 
 
 @dataclass
@@ -51,7 +56,8 @@ class Totals:
 
 
 class TargetRuntime:
-    def __init__(self, resolved: Resolved, paths: HostPaths, rules, max_threads: int):
+    def __init__(self, resolved: Resolved, paths: HostPaths, rules, max_threads: int,
+                 engine_interval_s: float = 10.0):
         self.resolved = resolved
         self.sampler = TargetSampler(paths, resolved.pid, max_threads=max_threads)
         self.static = self.sampler.static()          # raises TargetNotFound
@@ -60,6 +66,16 @@ class TargetRuntime:
             from dsmon.sampler import TargetNotFound
             raise TargetNotFound(f"pid {resolved.pid} was reused before sampling started")
         self.monitor = RuleMonitor(self.static, rules)
+        # The engine's own /metrics (vLLM, SGLang, TGI, Triton), scraped on the slow executor;
+        # a reading older than three scrape intervals is not used (the scrape job is stuck).
+        environment = self.static.environment.data if self.static.environment.ok else None
+        endpoint, self.engine_why = find_endpoint(self.monitor.engine_name,
+                                                  self.static.identity.cmdline,
+                                                  environment if isinstance(environment, dict)
+                                                  else None)
+        self.engine_scraper = EngineScraper(endpoint) if endpoint is not None else None
+        self.engine_batch = None
+        self.engine_stale_after_s = 3 * engine_interval_s
         self.totals = Totals()
         self.last_tick: Tick | None = None
         self.previous_tick: Tick | None = None
@@ -84,6 +100,9 @@ class TargetRuntime:
 
     def _sample(self, host_batches) -> Tick:
         tick = self.sampler.tick(host_batches=host_batches)
+        engine = self.engine_batch
+        if engine is not None and tick.mono_ts - engine.mono_ts <= self.engine_stale_after_s:
+            tick.batches["engine"] = engine
         if tick.target_gone and not self.gone:
             self.gone = tick.target_gone
             self.exit_reason = self._why_it_exited()
@@ -104,6 +123,22 @@ class TargetRuntime:
                 after.data.oom_kills > before.oom_kills:
             return "oom_killed"
         return "exited"
+
+    def scrape_engine(self) -> None:
+        """One scrape of the engine's metrics endpoint (HTTP, short timeout; slow executor).
+        Unreachable is the batch's status and reason: the engine features go absent."""
+        if self.engine_scraper is None or self.gone:
+            return
+        before = self.engine_batch
+        batch = run_collector("engine", self.engine_scraper.collect)
+        self.engine_batch = batch
+        if before is None or before.ok != batch.ok:   # said once per change, not per scrape
+            if batch.ok:
+                log.info("target %s: reading %s metrics from %s", self.label,
+                         self.monitor.engine_name, batch.data.url)
+            else:
+                log.info("target %s: %s; engine rules are quiet, host rules go on", self.label,
+                         batch.error)
 
     def refresh_numa(self) -> None:
         batch = self.sampler.numa()

@@ -101,6 +101,15 @@ FEATURES: dict[str, Feature] = {
     "seconds_to_gpu_memory_full": Feature("seconds", "free GPU memory / growth (absent when not growing)"),
     "gpu_utilization_ratio": Feature("ratio", "busiest of the target's GPUs: share of time a kernel ran"),
     "gpu_local_cpu_ratio": Feature("ratio", "share of the target's CPU time on CPUs local to its GPUs"),
+    # The engine's own metrics (vLLM, SGLang, TGI, Triton; dsmon/engine_metrics.py): absent
+    # without a reachable endpoint, and for signals the engine does not export.
+    "engine_kv_cache_usage_ratio": Feature("ratio", "share of the engine's KV cache in use"),
+    "engine_preemptions_per_second": Feature("per_second", "requests the engine preempted "
+                                             "(vLLM) or retracted (SGLang), between scrapes"),
+    "engine_running_requests": Feature("count", "requests the engine is running"),
+    "engine_waiting_requests": Feature("count", "requests waiting in the engine's queue"),
+    "engine_queue_time_seconds": Feature("seconds", "mean queue time of the requests that "
+                                         "left the queue between scrapes"),
     # NUMA
     "numa_nodes": Feature("count", "NUMA nodes of the host"),
     "numa_local_ratio": Feature("ratio", "overlap of memory per node and CPU time per node"),
@@ -206,6 +215,7 @@ class FeatureExtractor:
         self._python_stacks(values, tick)
         self._memory(values, tick, process, cgroup)
         self._gpu(values, tick)
+        self._engine(values, tick)
         if sweep is not None:
             self._switch_rates(values, sweep, tick.mono_ts)
         if previous is not None and previous.data("process") is not None:
@@ -280,6 +290,18 @@ class FeatureExtractor:
         values["gpu_memory_growth_bytes_per_second"] = slope
         if slope is not None and slope > 0 and values["gpu_memory_free_bytes"] is not None:
             values["seconds_to_gpu_memory_full"] = values["gpu_memory_free_bytes"] / slope
+
+    @staticmethod
+    def _engine(values, tick) -> None:
+        reading = tick.data("engine")     # the latest scrape, only when it succeeded
+        if reading is None:
+            return
+        signals = reading.signals
+        values["engine_kv_cache_usage_ratio"] = signals.kv_cache_usage_ratio
+        values["engine_preemptions_per_second"] = reading.preemptions_per_second
+        values["engine_running_requests"] = signals.running_requests
+        values["engine_waiting_requests"] = signals.waiting_requests
+        values["engine_queue_time_seconds"] = reading.queue_time_seconds
 
     def _rates(self, values, previous, tick, process, cgroup, sweep, effective) -> None:
         span = tick.mono_ts - previous.mono_ts

@@ -225,6 +225,8 @@ def render_text(report: dict) -> str:
                 if usage.get("reason"):
                     line += f" ({usage['reason']})"
                 out(line)
+            if (gpu.get("model_size") or {}).get("text"):
+                out(f"  model size: {gpu['model_size']['text']}")
             for finding in gpu.get("findings", []):
                 out(f"  [{finding['severity']}] {finding['code']}: {finding['summary']}")
                 out(f"      fix: {finding['hint']}")
