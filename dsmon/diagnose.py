@@ -168,6 +168,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
         for t in monitor.transitions]
     report["gpu"] = gpu_section(gpu_first, gpu_last, pid)
+    if gpu_last.ok and gpu.topology is not None:
+        report["gpu"]["topology"] = gpu.topology.to_dict()   # for the HTML report's matrix
     report["worst_firing_severity"] = monitor.worst_firing()
     report["observations"] = observe(report)
     return report
