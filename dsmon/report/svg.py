@@ -272,6 +272,7 @@ def heatmap(chart_id: str, title: str, row_labels: list[str], xs: list[float],
     step = (x1 - x0) / max(1, columns)
     out = []
     label_every = max(1, math.ceil(count / 16))
+    cells: dict[str, list[str]] = {}     # shade -> rects; one <g fill> per shade keeps it small
     for r, values in enumerate(rows):
         y = y_top + r * row_height
         if r % label_every == 0:
@@ -283,10 +284,13 @@ def heatmap(chart_id: str, title: str, row_labels: list[str], xs: list[float],
             if c < columns and shade == current:
                 continue
             if current is not None:
-                out.append(f'<rect class="mark" x="{x0 + start * step:.1f}" y="{y:.1f}" '
-                           f'width="{(c - start) * step:.1f}" height="{row_height:.1f}" '
-                           f'fill="{current}"/>')
+                cells.setdefault(current, []).append(
+                    f'<rect x="{x0 + start * step:.1f}" y="{y:.1f}" '
+                    f'width="{(c - start) * step:.1f}" height="{row_height:.1f}"/>')
             start, current = c, shade
+    for shade, rects in cells.items():
+        out.append(f'<g class="mark" fill="{shade}" data-cells="{len(rects)}">'
+                   f'{"".join(rects)}</g>')
     first, last = (xs[0], xs[-1]) if xs else (0.0, 1.0)
     for value in [t for t in nice_ticks(last, 6) if first <= t <= last * 1.0001] or [first]:
         x = x0 + step / 2 + (x1 - x0 - step) * ((value - first) / (last - first)

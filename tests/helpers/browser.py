@@ -25,6 +25,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--disable-default-apps",
          "--disable-extensions", "--disable-domain-reliability", "--no-first-run",
          "--no-default-browser-check", "--metrics-recording-only", "--mute-audio",
+         "--hide-scrollbars",
          "--disable-features=Translate,OptimizationHints,MediaRouter",
          "--remote-debugging-port=0", "--remote-allow-origins=*")
 
