@@ -229,6 +229,10 @@ def test_live_page_in_a_real_browser(tmp_path, chromium):
                     break
                 time.sleep(0.5)
             assert_valid_html(page, ("/", "#", "data:"))
+            started = time.perf_counter()
+            get(live_url)
+            print(f"live page: {len(page)} bytes, served in "
+                  f"{(time.perf_counter() - started) * 1000:.0f} ms")
             assert '<meta http-equiv="refresh"' in page
             assert "dsmon live: web:1" in page
             with pytest.raises(urllib.error.HTTPError) as missing:
@@ -269,6 +273,11 @@ def test_live_history_memory_is_bounded():
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
+    started = time.perf_counter()
+    for a, b in zip(ticks[:100], ticks[1:101]):
+        history.add(a, b, features)
+    print(f"live history: {(time.perf_counter() - started) * 1e4:.0f} us per interval added "
+          f"(512 threads, 128 CPUs)")
     kept = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     print(f"live history: {len(history.points)} intervals of a 128-CPU host, {kept} bytes "
           f"({kept / len(history.points):.0f} per interval)")

@@ -55,7 +55,7 @@ table.topology td{text-align:center;min-width:3.2em;font-weight:600}
 .nv{background:#0072B2;color:#fff}.pcie-near{background:#9ecae1}.pcie-far{background:#f0f0f0}
 .unavailable{color:var(--muted);font-style:italic}
 @media print{body{max-width:none;margin:0;font-size:11px}.charts{display:block}
- figure{margin:0 0 .8em}details{display:block}details>summary{display:none}
+ figure{margin:0 0 .8em}details{display:none}
  *{-webkit-print-color-adjust:exact;print-color-adjust:exact}.no-print{display:none}}
 """
 
