@@ -117,10 +117,11 @@ def assert_every_chart_has_data(result: dict, charts=CHARTS) -> None:
 
 
 def test_report_in_a_real_browser(tmp_path, chromium):
-    """An over-subscribed real target with two replayed H200s: findings first, then every
-    chart with data; the page loads with no error and fetches nothing."""
+    """An over-subscribed real target whose memory grows, with two replayed H200s: findings
+    first, then every chart with data; the page loads with no error and fetches nothing."""
     out = tmp_path / "report.html"
-    with workload("threads", "--busy", str(3 * CORES), "--idle", "6") as target:
+    with workload("threads", "--busy", str(3 * CORES), "--idle", "6", "--rate-mib", "40") \
+            as target:
         result = run_dsmon("diagnose", str(target.pid), "--duration", "4s", "--interval", "0.5s",
                            "--format", "html", "-o", str(out), "--nvml-replay", str(GPU_RECORDING))
     assert result.returncode in (0, 6, 7), result.stderr[-2000:]
@@ -130,6 +131,8 @@ def test_report_in_a_real_browser(tmp_path, chromium):
     assert checked.tags.get("svg", 0) >= 9
     assert text.index("<h2>Findings") < text.index("<figure")
     assert "busy_worker_#" in text
+    assert 'data-rule="oom-risk' in text          # the growth is a finding, shown first
+    assert "projected OOM in" in text
 
     visit = chromium.visit(out.as_uri(), CHART_PROBE)
     assert visit.requests == [out.as_uri()], visit.requests

@@ -40,7 +40,8 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin:1.4em 0 .4em;
 .fix{background:#f3f3f3;padding:.3em .6em;margin:.3em 0}
 ul.evidence{margin:.2em 0;padding-left:1.4em}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1em}
-figure{margin:0;border:1px solid var(--line);padding:.5em;break-inside:avoid}
+figure{margin:0;border:1px solid var(--line);padding:.5em;break-inside:avoid;min-width:0;
+ box-sizing:border-box}
 figcaption{font-weight:600;margin-bottom:.3em}figcaption small{font-weight:400;
  color:var(--muted)}
 figure svg{width:100%;height:auto;display:block}
@@ -310,10 +311,10 @@ def _memory(report: dict) -> str:
     values += [e["working_set_bytes"] for e in timeline if e.get("working_set_bytes")]
     unit, size = byte_scale(max(values))
     kind = memory.get("limit_kind") or "limit"
+    limit = [(t, None if y is None else y / size) for t, y in ceiling]
     series = [Series("RSS", [(t, None if y is None else y / size) for t, y in rss], 0),
               Series("working set", _series(report, "working_set_bytes", size), 2),
-              Series("limit", [(t, None if y is None else y / size)
-                                         for t, y in ceiling], 1)]
+              Series("limit", limit, 1)]
     x_max = None
     note = f"limit = {kind}; headroom {_bytes(memory.get('headroom_bytes'))}"
     to_limit = memory.get("seconds_to_limit")
@@ -326,11 +327,11 @@ def _memory(report: dict) -> str:
         horizon = min(end, last["t"] + 3 * span)
         reach = last["working_set_bytes"] + last["memory_headroom_bytes"] * \
             (horizon - last["t"]) / to_limit
-        series.append(Series(f"projected, OOM in {_duration(to_limit)}",
-                             [(last["t"], last["working_set_bytes"] / size),
-                              (horizon, reach / size)], 3, dashed=True))
+        series.append(Series("projected", [(last["t"], last["working_set_bytes"] / size),
+                                           (horizon, reach / size)], 3, dashed=True))
+        limit.append((horizon, (last["working_set_bytes"] + last["memory_headroom_bytes"]) / size))
         x_max = horizon
-        note += f"; at the measured growth the limit is reached in {_duration(to_limit)}"
+        note += f"; projected OOM in {_duration(to_limit)} at the measured growth"
     else:
         note += "; not growing"
     chart = svg.line_chart("memory", caption, series, "time since the first sample (s)",
