@@ -17,7 +17,6 @@ import tracemalloc
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

@@ -190,7 +190,7 @@ def line_chart(chart_id: str, title: str, series: list[Series], x_label: str, y_
                 x, y = seg[0]
                 out.append(f'<circle class="mark" cx="{x:.1f}" cy="{y:.1f}" r="3" '
                            f'fill="{colour(s.style)}"/>')
-        last_x, last_y = segments[-1][-1]
+        last_y = segments[-1][-1][1]
         out.append(_text(x1 + 4, _free_slot(label_slots, last_y + 4), s.name, "start",
                          "direct", f' fill="{colour(s.style)}"'))
     return _frame(chart_id, title, "".join(out))

@@ -164,7 +164,8 @@ class Chromium:
         raise TimeoutError(name)
 
 
-# Per chart: how many data-carrying elements it drew and whether it said "not available".
+# Per chart: how many data-carrying elements (class "mark": a line, a bar, a heatmap colour
+# group, a matrix cell) it drew, and whether it said "not available".
 CHART_PROBE = """(() => {
   const charts = {};
   for (const figure of document.querySelectorAll('figure[data-chart]')) {
