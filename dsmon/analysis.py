@@ -539,19 +539,20 @@ def _timeline(ticks: list[Tick]) -> list[dict]:
     The target's own series (CPU, run-queue wait, memory, ...) are the rules engine's features
     and are merged in by the driver, so each signal has one implementation.
     """
-    points = []
-    for before, after in zip(ticks, ticks[1:]):
-        if after.mono_ts <= before.mono_ts:
-            continue
-        entry: dict = {"t": round(after.mono_ts - ticks[0].mono_ts, 3), "mono_ts": after.mono_ts}
-        sweep = after.data("threads")
-        if sweep is not None:
-            states: dict[str, int] = {}
-            for thread in sweep.threads:
-                states[thread.state] = states.get(thread.state, 0) + 1
-            entry["threads_by_state"] = states
-        cpu_a, cpu_b = before.data("cpu"), after.data("cpu")
-        if cpu_a and cpu_b:
-            entry["core_busy_ratio"] = [c["busy_ratio"] for c in per_core_utilisation(cpu_a, cpu_b)]
-        points.append(entry)
-    return points
+    return [timeline_point(before, after, ticks[0].mono_ts)
+            for before, after in zip(ticks, ticks[1:]) if after.mono_ts > before.mono_ts]
+
+
+def timeline_point(before: Tick, after: Tick, origin: float) -> dict:
+    """One interval of the timeline (diagnose's report and the agent's live history)."""
+    entry: dict = {"t": round(after.mono_ts - origin, 3), "mono_ts": after.mono_ts}
+    sweep = after.data("threads")
+    if sweep is not None:
+        states: dict[str, int] = {}
+        for thread in sweep.threads:
+            states[thread.state] = states.get(thread.state, 0) + 1
+        entry["threads_by_state"] = states
+    cpu_a, cpu_b = before.data("cpu"), after.data("cpu")
+    if cpu_a and cpu_b:
+        entry["core_busy_ratio"] = [c["busy_ratio"] for c in per_core_utilisation(cpu_a, cpu_b)]
+    return entry

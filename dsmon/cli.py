@@ -71,8 +71,9 @@ def _write(text: str, output: str | None) -> None:
               help="sampling window")
 @click.option("--interval", type=Duration(), default="1s", show_default=True,
               help="time between samples")
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "html"]),
+              default="text", show_default=True,
+              help="text for terminals, json for programs, html: one self-contained page with charts")
 @click.option("-o", "--output", default=None, help="write the report to FILE instead of stdout")
 @click.option("--max-threads", type=click.IntRange(1), default=2048, show_default=True,
               help="threads read per sample; above it each sample reads a rotating window")
@@ -126,6 +127,9 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
         sys.exit(EXIT_NO_TARGET)
     if output_format == "json":
         text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    elif output_format == "html":
+        from dsmon.report.html import render_html
+        text = render_html(report)
     else:
         text = render_text(report)
     _write(text, output)

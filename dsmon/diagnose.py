@@ -201,6 +201,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     if gpu_last.ok:   # what its GPU memory says about the model (plan's arithmetic)
         report["gpu"]["model_size"] = model_size_note(report["gpu"], pid, static.identity.cmdline,
                                                       monitor.engine_name, paths)
+    if gpu_last.ok and gpu.topology is not None:
+        report["gpu"]["topology"] = gpu.topology.to_dict()   # for the HTML report's matrix
     report["worst_firing_severity"] = monitor.worst_firing()
     report["observations"] = observe(report)
     return report

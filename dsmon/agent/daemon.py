@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dsmon import __version__
 from dsmon.agent.config import AgentConfig, listen_address
+from dsmon.agent.live import live_points
 from dsmon.agent.notify import Notifier
 from dsmon.agent.render import (render_exits, render_findings, render_gpus, render_host,
                                 render_target)
@@ -132,9 +133,9 @@ class Agent:
                 if label in self.targets:
                     continue
                 try:
-                    self.targets[label] = TargetRuntime(resolved, self.paths, self.rules,
-                                                        self.config.max_threads,
-                                                        self.config.engine_interval_s)
+                    self.targets[label] = TargetRuntime(
+                        resolved, self.paths, self.rules, self.config.max_threads,
+                        self.config.engine_interval_s, live_points(self.config.interval_s))
                     log.info("following target %s: pid %d (%s)", label, resolved.pid,
                              resolved.spec.describe())
                 except TargetNotFound as exc:

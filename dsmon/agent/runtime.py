@@ -6,6 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from dsmon.agent.live import LiveHistory
 from dsmon.agent.targets import Resolved
 from dsmon.analysis import pool_of
 from dsmon.engine.monitor import RuleMonitor
@@ -57,7 +58,7 @@ class Totals:
 
 class TargetRuntime:
     def __init__(self, resolved: Resolved, paths: HostPaths, rules, max_threads: int,
-                 engine_interval_s: float = 10.0):
+                 engine_interval_s: float = 10.0, live_points: int = 300):
         self.resolved = resolved
         self.sampler = TargetSampler(paths, resolved.pid, max_threads=max_threads)
         self.static = self.sampler.static()          # raises TargetNotFound
@@ -79,6 +80,7 @@ class TargetRuntime:
         self.totals = Totals()
         self.last_tick: Tick | None = None
         self.previous_tick: Tick | None = None
+        self.live = LiveHistory(live_points)   # the live page's recent intervals
         self.numa_memory = self.static.numa_start.data if self.static.numa_start.ok else None
         self.gone = ""
         self.exit_reason = ""              # "oom_killed" or "exited", once gone
@@ -112,6 +114,8 @@ class TargetRuntime:
         self.monitor.record(tick, keep_history=False)
         if tick.data("process") is not None:
             self.previous_tick, self.last_tick = self.last_tick, tick
+            if self.previous_tick is not None:
+                self.live.add(self.previous_tick, tick, self.monitor.last_values)
         return tick
 
     def _why_it_exited(self) -> str:

@@ -30,6 +30,7 @@ class RuleMonitor:
     rules: list[Rule]
     transitions: deque = field(default_factory=lambda: deque(maxlen=TRANSITIONS_LIMIT))
     history: dict[float, dict] = field(default_factory=dict)   # mono_ts -> feature values
+    last_values: dict = field(default_factory=dict)   # the latest tick's features (live view)
 
     def __post_init__(self):
         identity = self.static.identity
@@ -72,6 +73,7 @@ class RuleMonitor:
         if tick.data("process") is None:
             return False
         values = self.extractor.update(tick)
+        self.last_values = values
         if keep_history:
             self.history[tick.mono_ts] = values
         self.store.add(tick.mono_ts, values)

@@ -1,4 +1,5 @@
-"""The agent's HTTP endpoints: /metrics, / (landing page), /findings (JSON), /healthz.
+"""The agent's HTTP endpoints: /metrics, / (landing page), /targets/NAME (a target's live
+report), /findings (JSON), /healthz.
 
 Every handler reads published state only: no sampling and no I/O on the request path.
 """
@@ -11,10 +12,12 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from dsmon import __version__
+from dsmon.agent.live import live_link, live_page
 
 log = logging.getLogger("dsmon.http")
 
@@ -67,14 +70,15 @@ def landing_page(agent) -> str:
                       f'{html.escape(c["name"])}</a> ({html.escape(c["status"])})</li>'
                       for c in f.get("captures", []))
             + "</ul></li>" for f in findings) or "<li>no findings</li>"
-        rows.append(f"<tr><td>{html.escape(target['target'])}</td><td>{target['pid']}</td>"
+        rows.append(f"<tr><td>{html.escape(target['target'])}<br>{live_link(target['target'])}"
+                    f"</td><td>{target['pid']}</td>"
                     f"<td>{html.escape(target['comm'])}</td>"
                     f"<td>{html.escape(target['engine'] or '')}</td>"
                     f"<td>{html.escape(target['found_by'])}</td><td><ul>{items}</ul></td></tr>")
     unresolved = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>"
                          for k, v in document["unresolved"].items())
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>dsmon</title>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>dsmon</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #999;padding:4px 8px;vertical-align:top}}</style></head>
 <body><h1>dsmon {html.escape(__version__)}</h1>
@@ -115,6 +119,12 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(404, "text/plain; charset=utf-8", b"no such capture\n")
                 else:
                     self._send(200, "application/json", body)
+            elif path.startswith("/targets/"):
+                page = live_page(self.agent, unquote(path[len("/targets/"):]))
+                if page is None:
+                    self._send(404, "text/plain; charset=utf-8", b"no such target\n")
+                else:
+                    self._send(200, "text/html; charset=utf-8", page.encode())
             elif path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
             else:

@@ -45,6 +45,22 @@ def ready() -> None:
     print(f"ready {os.getpid()}", flush=True)
 
 
+def grow(rate_mib: float) -> None:
+    """Grow RSS at rate_mib per second, forever. Touch every page (b"x" * n is memset), so
+    RSS grows by exactly what is allocated."""
+    held = []
+    step = 0.1
+    chunk = int(rate_mib * (1 << 20) * step)
+    started = time.monotonic()
+    ticks = 0
+    while True:
+        ticks += 1
+        held.append(b"x" * chunk)
+        delay = started + ticks * step - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["threads", "grow", "names", "churn", "many", "io"])
@@ -64,20 +80,11 @@ def main() -> None:
         start_threads(args.idle, idle, "idle_worker_", stop)
         time.sleep(0.2)
         ready()
+        if args.rate_mib:
+            grow(args.rate_mib)
     elif args.mode == "grow":
-        # Touch every page (b"x" * n is memset), so RSS grows by exactly what is allocated.
         ready()
-        held = []
-        step = 0.1
-        chunk = int(args.rate_mib * (1 << 20) * step)
-        started = time.monotonic()
-        ticks = 0
-        while True:
-            ticks += 1
-            held.append(b"x" * chunk)
-            delay = started + ticks * step - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        grow(args.rate_mib)
     elif args.mode == "names":
         # Spaces, parentheses (as in stat's "(comm)") and bytes that are not UTF-8.
         for name in (b"my (weird) nam", b"a) b (c", b"bad\xff\xfeutf8", b"plain"):

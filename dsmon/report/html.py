@@ -1,0 +1,532 @@
+"""The HTML report: one self-contained page (inline CSS and SVG, no script, no fetch) drawn
+from the diagnose report dict. The agent's live page is the same function over its recent
+history, with a refresh.
+
+Everything from the target (cmdline, thread names, wait channels, rule text filled with
+them) is untrusted: it reaches the page only through `escape` here or in dsmon.report.svg.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from dsmon.report import svg
+from dsmon.report.svg import Bars, Reference, Series
+from dsmon.sources import format_cpulist
+
+THREAD_STATE_NAMES = {"R": "R running", "S": "S sleeping", "D": "D uninterruptible",
+                      "I": "I idle", "T": "T stopped", "t": "t traced", "Z": "Z zombie"}
+THREAD_STATE_ORDER = ("R", "D", "S", "I", "T", "t", "Z")
+MAX_POOLS_CHARTED = 15
+MAX_THREAD_ROWS = 1024          # the full list is in the JSON report
+# The charts the page draws, in order; each is a <figure data-chart=ID>.
+CHARTS = ("core-heatmap", "target-cpu", "thread-states", "pool-cpu", "pool-wait", "memory",
+          "numa", "io", "gpu-memory", "gpu-topology")
+
+STYLE = """
+:root{--fg:#111;--muted:#555;--line:#bbb}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);
+ margin:1.5em auto;max-width:1180px;padding:0 1em}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin:1.4em 0 .4em;
+ border-bottom:2px solid var(--fg)}
+.meta{color:var(--muted)}code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;
+ font-size:.92em;word-break:break-all}
+.finding{border:1px solid var(--line);border-left-width:8px;padding:.5em .8em;margin:.6em 0}
+.finding.critical{border-left-color:#D55E00;border-left-style:solid}
+.finding.warning{border-left-color:#E69F00;border-left-style:dashed}
+.finding.info{border-left-color:#0072B2;border-left-style:dotted}
+.badge{font-weight:700;text-transform:uppercase;letter-spacing:.04em}
+.fix{background:#f3f3f3;padding:.3em .6em;margin:.3em 0}
+ul.evidence{margin:.2em 0;padding-left:1.4em}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1em}
+figure{margin:0;border:1px solid var(--line);padding:.5em;break-inside:avoid;min-width:0;
+ box-sizing:border-box}
+figcaption{font-weight:600;margin-bottom:.3em}figcaption small{font-weight:400;
+ color:var(--muted)}
+figure svg{width:100%;height:auto;display:block}
+svg.defs{position:absolute;width:0;height:0;overflow:hidden}
+svg text{font:11px system-ui,sans-serif;fill:#222}svg text.label{font-size:12px;fill:#000}
+svg text.direct{font-size:11px;font-weight:600}svg text.value{font-size:10px}
+svg .grid{stroke:#e3e3e3}svg .axis{stroke:#333}
+table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid var(--line);
+ padding:2px 8px;text-align:left;vertical-align:top}th{background:#f0f0f0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.topology td{text-align:center;min-width:3.2em;font-weight:600}
+.nv{background:#0072B2;color:#fff}.pcie-near{background:#9ecae1}.pcie-far{background:#f0f0f0}
+.unavailable{color:var(--muted);font-style:italic}
+@media print{body{max-width:none;margin:0;font-size:11px}.charts{display:block}
+ figure{margin:0 0 .8em}details{display:none}
+ *{-webkit-print-color-adjust:exact;print-color-adjust:exact}.no-print{display:none}}
+"""
+
+
+def _bytes(value) -> str:
+    if value is None:
+        return "n/a"
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def _num(value, fmt: str = "{:.2f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
+
+
+def byte_scale(top: float) -> tuple[str, float]:
+    """The binary unit an axis reaching `top` bytes is labelled in."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if top >= size:
+            return unit, float(size)
+    return "B", 1.0
+
+
+def _e(value) -> str:
+    return escape("" if value is None else str(value))
+
+
+def render_html(report: dict, *, refresh_seconds: int | None = None,
+                heading: str | None = None, nav: str = "") -> str:
+    """The whole page. `refresh_seconds` makes it reload itself (the agent's live view);
+    `nav` is trusted markup the agent puts above the report (links back)."""
+    # Draw from the JSON document itself (string keys, plain types): the page shows what
+    # `--format json` would say, whoever built the dict.
+    report = json.loads(json.dumps(report, default=str))
+    target = report.get("target") or {}
+    window = report["window"]
+    title = heading or f"dsmon diagnose: pid {target.get('pid', '?')} ({target.get('comm', '?')})"
+    refresh = (f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">'
+               if refresh_seconds else "")
+    body = [
+        nav,
+        f"<h1>{escape(title)}</h1>",
+        _summary(report),
+        _findings(report),
+        "<h2>Over the window</h2>",
+        svg.pattern_defs(),
+        '<div class="charts">',
+        _core_heatmap(report), _target_cpu(report), _thread_states(report),
+        *_pool_charts(report), _memory(report), _numa(report), _io(report),
+        _gpu_memory(report), _gpu_topology(report),
+        "</div>",
+        _target_facts(report),
+        _thread_tables(report),
+        _collectors(report),
+        f'<p class="meta">dsmon {_e(report.get("dsmon_version"))} · generated '
+        f'{_e(report.get("generated_at"))} on {_e(report.get("reporter_host"))} · '
+        f'window {_e(window.get("elapsed_seconds"))} s · the machine-readable report is '
+        f'<code>--format json</code></p>',
+    ]
+    return ("<!doctype html>\n"
+            '<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width,initial-scale=1">'
+            # An empty icon: a browser would otherwise fetch /favicon.ico.
+            '<link rel="icon" href="data:,">'
+            f"{refresh}<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
+            f"<body>\n{''.join(body)}\n</body></html>\n")
+
+
+def _figure(chart_id: str, caption: str, content: str, note: str = "",
+            empty_reason: str = "") -> str:
+    extra = f' data-empty="{escape(empty_reason)}"' if empty_reason else ""
+    if empty_reason:
+        content = f'<p class="unavailable">not available: {escape(empty_reason)}</p>'
+    note_html = f" <small>{escape(note)}</small>" if note else ""
+    return (f'<figure data-chart="{chart_id}"{extra}><figcaption>{escape(caption)}{note_html}'
+            f"</figcaption>{content}</figure>")
+
+
+def _summary(report: dict) -> str:
+    target = report.get("target") or {}
+    window = report["window"]
+    host = report.get("host") or {}
+    parts = [
+        f'<p class="meta">{_e(window.get("samples"))} samples over '
+        f'{_e(window.get("elapsed_seconds"))} s (every {_e(window.get("interval_seconds"))} s)'
+        f' from {_e(window.get("started_at"))} · host {_e(host.get("hostname"))} '
+        f'({_e(host.get("cpus_online"))} CPUs, {len(host.get("numa_nodes") or [])} NUMA '
+        f'node(s), kernel {_e(host.get("kernel"))})'
+        + (f' · engine <b>{_e(report["engine"])}</b>' if report.get("engine") else "") + "</p>"]
+    if target:
+        parts.append(f'<p>pid {_e(target.get("pid"))} · user '
+                     f'{_e(target.get("user") or target.get("uid"))} · state '
+                     f'{_e(target.get("state"))} · {_e(target.get("threads"))} threads · cgroup '
+                     f'<code>{_e(target.get("cgroup"))}</code><br>cmdline: <code>'
+                     f'{_e(" ".join(target.get("cmdline") or []))}</code></p>')
+    if not window.get("complete", True):
+        parts.append(f'<p class="finding critical"><span class="badge">partial report</span>: '
+                     f'{_e(window.get("end_reason"))} {_e(window.get("target_exited_at"))}</p>')
+    return "".join(parts)
+
+
+def _findings(report: dict) -> str:
+    findings = report.get("findings") or []
+    out = ["<h2>Findings" + (f" (engine: {_e(report['engine'])})" if report.get("engine")
+                             else "") + "</h2>"]
+    if not findings:
+        out.append("<p>None: no rule matched this window.</p>")
+    for finding in findings:
+        severity = finding.get("severity", "info")
+        evidence = "".join(f"<li>{_e(item.get('text'))}</li>"
+                           for item in finding.get("evidence") or [])
+        out.append(
+            f'<div class="finding {escape(severity)}" data-rule="{_e(finding.get("rule_id"))}">'
+            f'<span class="badge">{_e(severity)} · {_e(finding.get("state"))}</span> '
+            f'<b>{_e(finding.get("rule_id"))}</b>: {_e(finding.get("summary"))}'
+            f'<ul class="evidence">{evidence}</ul>'
+            f'<div class="fix"><b>Fix:</b> {_e(finding.get("hint"))}</div></div>')
+    gpu_findings = (report.get("gpu") or {}).get("findings") or []
+    for finding in gpu_findings:
+        out.append(f'<div class="finding {_e(finding.get("severity"))}">'
+                   f'<span class="badge">{_e(finding.get("severity"))} · GPU</span> '
+                   f'<b>{_e(finding.get("code"))}</b>: {_e(finding.get("summary"))}'
+                   f'<div class="fix"><b>Fix:</b> {_e(finding.get("hint"))}</div></div>')
+    observations = report.get("observations") or []
+    if observations:
+        out.append("<ul>" + "".join(f"<li>[{_e(o.get('severity'))}] {_e(o.get('topic'))}: "
+                                    f"{_e(o.get('text'))}</li>" for o in observations) + "</ul>")
+    return "".join(out)
+
+
+def _timeline(report: dict) -> list[dict]:
+    return report.get("timeline") or []
+
+
+def _series(report: dict, name: str, scale: float = 1.0) -> list:
+    return [(entry["t"], None if entry.get(name) is None else entry[name] / scale)
+            for entry in _timeline(report)]
+
+
+def _core_heatmap(report: dict) -> str:
+    timeline = [e for e in _timeline(report) if e.get("core_busy_ratio")]
+    caption = "Per-core utilisation"
+    if not timeline:
+        return _figure("core-heatmap", caption, "", empty_reason="no /proc/stat samples")
+    cores = max(len(e["core_busy_ratio"]) for e in timeline)
+    per_core = (report.get("host") or {}).get("per_core") or []
+    labels = [f"cpu{c['cpu']}" for c in per_core] if len(per_core) == cores else \
+        [f"cpu{i}" for i in range(cores)]
+    rows = [[e["core_busy_ratio"][i] if i < len(e["core_busy_ratio"]) else None
+             for e in timeline] for i in range(cores)]
+    chart = svg.heatmap("core-heatmap", "busy share of each CPU over time", labels,
+                        [e["t"] for e in timeline], rows, "time since the first sample (s)",
+                        "CPU")
+    effective = ((report.get("target") or {}).get("effective_cpus") or {}).get("cpus")
+    note = f"target may run on CPUs {format_cpulist(effective)}" if effective else ""
+    return _figure("core-heatmap", caption, chart, note)
+
+
+def _target_cpu(report: dict) -> str:
+    caption = "Target CPU and run-queue wait"
+    cpu = _series(report, "cpu_cores")
+    if not any(y is not None for _, y in cpu):
+        return _figure("target-cpu", caption, "", empty_reason="the target was not sampled twice")
+    capacity = ((report.get("target") or {}).get("effective_cpus") or {}).get("capacity_cores")
+    references = (Reference(capacity, f"capacity {capacity:g}"),) if capacity else ()
+    chart = svg.line_chart(
+        "target-cpu", caption,
+        [Series("CPU used", cpu, 0),
+         Series("run-queue wait", _series(report, "run_queue_wait_seconds_per_second"), 1)],
+        "time since the first sample (s)", "cores (CPU-seconds per second)",
+        lambda v: f"{v:g}", references=references)
+    return _figure("target-cpu", caption, chart,
+                   "wait = seconds its threads were runnable but not on a CPU, per second")
+
+
+def _thread_states(report: dict) -> str:
+    caption = "Threads by state"
+    timeline = [e for e in _timeline(report) if e.get("threads_by_state")]
+    if not timeline:
+        return _figure("thread-states", caption, "", empty_reason="no thread sweeps")
+    states = {s for e in timeline for s in e["threads_by_state"]}
+    ordered = [s for s in THREAD_STATE_ORDER if s in states] + sorted(
+        states - set(THREAD_STATE_ORDER))
+    stacks = [Series(THREAD_STATE_NAMES.get(state, state),
+                     [(e["t"], e["threads_by_state"].get(state, 0)) for e in timeline], index)
+              for index, state in enumerate(ordered)]
+    chart = svg.stacked_columns("thread-states", caption, [e["t"] for e in timeline], stacks,
+                                "time since the first sample (s)", "threads",
+                                lambda v: f"{v:g}")
+    return _figure("thread-states", caption, chart, "state at each sample (/proc/PID/task)")
+
+
+def _pool_charts(report: dict) -> list[str]:
+    pools = (report.get("threads") or {}).get("pools") or []
+    if not pools:
+        reason = "no thread data"
+        return [_figure("pool-cpu", "CPU per thread pool", "", empty_reason=reason),
+                _figure("pool-wait", "Run-queue wait per thread pool", "", empty_reason=reason)]
+    shown = pools[:MAX_POOLS_CHARTED]
+    names = [f"{p['pool']} ×{p['threads']}" for p in shown]
+    more = f"{len(pools) - len(shown)} more pools in the JSON report" if len(pools) > len(shown) \
+        else "threads grouped by name with digits masked"
+    cpu = svg.bar_chart("pool-cpu", "CPU per thread pool", names,
+                        [Bars("CPU", [p.get("cpu_cores") for p in shown], 0,
+                              [f"{_num(p.get('cpu_cores'))} cores, {p.get('busy', 0)} busy"
+                               for p in shown])],
+                        "CPU used over the window (cores)", lambda v: f"{v:g}")
+    elapsed = report["window"].get("elapsed_seconds") or 0
+    wait = svg.bar_chart("pool-wait", "Run-queue wait per thread pool", names,
+                         [Bars("run-queue wait", [p.get("run_queue_wait_seconds")
+                                                  for p in shown], 1,
+                               [f"{_num(p.get('run_queue_wait_seconds'), '{:.3f}')} s"
+                                for p in shown])],
+                         f"seconds runnable but waiting for a CPU (over {elapsed:g} s)",
+                         lambda v: f"{v:g}")
+    return [_figure("pool-cpu", "CPU per thread pool", cpu, more),
+            _figure("pool-wait", "Run-queue wait per thread pool", wait, more)]
+
+
+def _memory(report: dict) -> str:
+    caption = "Memory and its limit"
+    timeline = _timeline(report)
+    memory = (report.get("target") or {}).get("memory") or {}
+    rss = _series(report, "rss_bytes")
+    if not any(y is not None for _, y in rss):
+        return _figure("memory", caption, "", empty_reason="no memory samples")
+    # The ceiling is what the working set may grow to: working set + headroom (the cgroup
+    # limit, or the host's MemAvailable on top of the current use).
+    ceiling = [(e["t"], e["working_set_bytes"] + e["memory_headroom_bytes"])
+               if e.get("working_set_bytes") is not None
+               and e.get("memory_headroom_bytes") is not None else (e["t"], None)
+               for e in timeline]
+    values = [y for _, y in rss + ceiling if y is not None]
+    values += [e["working_set_bytes"] for e in timeline if e.get("working_set_bytes")]
+    unit, size = byte_scale(max(values))
+    kind = memory.get("limit_kind") or "limit"
+    limit = [(t, None if y is None else y / size) for t, y in ceiling]
+    series = [Series("RSS", [(t, None if y is None else y / size) for t, y in rss], 0),
+              Series("working set", _series(report, "working_set_bytes", size), 2),
+              Series("limit", limit, 1)]
+    x_max = None
+    note = f"limit = {kind}; headroom {_bytes(memory.get('headroom_bytes'))}"
+    to_limit = memory.get("seconds_to_limit")
+    last = next((e for e in reversed(timeline) if e.get("working_set_bytes") is not None
+                 and e.get("memory_headroom_bytes") is not None), None)
+    if to_limit and last is not None:
+        end = last["t"] + to_limit
+        span = last["t"] or 1.0
+        # Draw the projection up to three windows ahead; past that, the note says when.
+        horizon = min(end, last["t"] + 3 * span)
+        reach = last["working_set_bytes"] + last["memory_headroom_bytes"] * \
+            (horizon - last["t"]) / to_limit
+        series.append(Series("projected", [(last["t"], last["working_set_bytes"] / size),
+                                           (horizon, reach / size)], 3, dashed=True))
+        limit.append((horizon, (last["working_set_bytes"] + last["memory_headroom_bytes"]) / size))
+        x_max = horizon
+        note += f"; projected OOM in {_duration(to_limit)} at the measured growth"
+    else:
+        note += "; not growing"
+    chart = svg.line_chart("memory", caption, series, "time since the first sample (s)",
+                           f"memory ({unit})", lambda v: f"{v:g}", x_max=x_max)
+    return _figure("memory", caption, chart, note)
+
+
+def _numa(report: dict) -> str:
+    caption = "NUMA placement: memory vs CPU time per node"
+    numa = (report.get("target") or {}).get("numa") or {}
+    memory = numa.get("memory_bytes_by_node") or {}
+    cpu = {k: v for k, v in (numa.get("cpu_seconds_by_node") or {}).items() if k != "-1"}
+    if not memory and not cpu:
+        return _figure("numa", caption, "", empty_reason="numa_maps and thread CPUs unreadable")
+    nodes = sorted(set(memory) | set(cpu), key=lambda n: int(n))
+    total_memory = sum(memory.values()) or 0
+    total_cpu = sum(cpu.values()) or 0
+    groups = [
+        Bars("memory", [memory.get(n, 0) / total_memory if total_memory else None for n in nodes],
+             0, [_bytes(memory.get(n, 0)) for n in nodes]),
+        Bars("CPU time", [cpu.get(n, 0) / total_cpu if total_cpu else None for n in nodes], 1,
+             [f"{cpu.get(n, 0):.2f} s" for n in nodes]),
+    ]
+    chart = svg.bar_chart("numa", caption, [f"node {n}" for n in nodes], groups,
+                          "share of the target's total (%)", lambda v: f"{v * 100:.0f}",
+                          x_max=1.0)
+    return _figure("numa", caption, chart,
+                   f"locality {_pct(numa.get('memory_local_ratio'))} (overlap of the two)")
+
+
+def _io(report: dict) -> str:
+    caption = "I/O rates"
+    names = (("read_bytes_per_second", "storage read", 0),
+             ("write_bytes_per_second", "storage write", 1),
+             ("rchar_per_second", "read(2) and similar", 2))
+    raw = {name: _series(report, name) for name, _, _ in names}
+    values = [y for points in raw.values() for _, y in points if y is not None]
+    if not values:
+        return _figure("io", caption, "", empty_reason="/proc/PID/io unreadable")
+    unit, size = byte_scale(max(values))
+    series = [Series(label, [(t, None if y is None else y / size) for t, y in raw[name]], style)
+              for name, label, style in names]
+    chart = svg.line_chart("io", caption, series, "time since the first sample (s)",
+                           f"{unit}/s", lambda v: f"{v:g}")
+    return _figure("io", caption, chart, "storage = block device I/O; read(2) = all reads")
+
+
+def _gpu_memory(report: dict) -> str:
+    caption = "GPU memory"
+    gpu = report.get("gpu") or {}
+    cards = gpu.get("gpus") or []
+    if not cards:
+        return _figure("gpu-memory", caption, "",
+                       empty_reason=gpu.get("error") or "no GPU seen by NVML")
+    total = max((c.get("memory_total_bytes") or 0) for c in cards)
+    unit, size = byte_scale(total or 1)
+    pid = str((report.get("target") or {}).get("pid"))
+    usage = (gpu.get("targets") or {}).get(pid) or {}
+    target_per_gpu: dict = {}
+    for entry in usage.get("per_gpu") or []:      # one entry per process of the target
+        index = entry.get("gpu_index")
+        target_per_gpu[index] = target_per_gpu.get(index, 0) + (entry.get("used_bytes") or 0)
+
+    def scaled(value):
+        return None if value is None else value / size
+
+    groups = [Bars("used (all processes)", [scaled(c.get("memory_used_bytes")) for c in cards],
+                   0, [f"{_bytes(c.get('memory_used_bytes'))} of "
+                       f"{_bytes(c.get('memory_total_bytes'))}" for c in cards]),
+              Bars("this target", [scaled(target_per_gpu.get(c.get("index"), 0)) for c in cards],
+                   1, [_bytes(target_per_gpu.get(c.get("index"), 0)) for c in cards])]
+    chart = svg.bar_chart("gpu-memory", caption,
+                          [f"GPU{c.get('index')} {c.get('name') or ''}" for c in cards], groups,
+                          f"memory ({unit})", lambda v: f"{v:g}",
+                          capacities=[scaled(c.get("memory_total_bytes")) for c in cards])
+    return _figure("gpu-memory", caption, chart, f"target: {usage.get('status', 'n/a')}")
+
+
+def _gpu_topology(report: dict) -> str:
+    caption = "GPU topology"
+    topology = (report.get("gpu") or {}).get("topology") or {}
+    matrix = topology.get("matrix") or []
+    if not matrix:
+        return _figure("gpu-topology", caption, "", empty_reason="no GPU topology from NVML")
+    gpus = topology.get("gpus") or []
+    head = "".join(f"<th>GPU{i}</th>" for i in range(len(matrix)))
+    rows = []
+    for i, row in enumerate(matrix):
+        cells = []
+        for cell in row:
+            text = str(cell)
+            klass = "nv" if text.startswith("NV") else "pcie-near" if text in (
+                "PIX", "PXB", "PHB") else "pcie-far"
+            cells.append(f'<td class="mark {klass}">{escape(text)}</td>')
+        entry = gpus[i] if i < len(gpus) else {}
+        affinity = entry.get("cpu_affinity")
+        nodes = entry.get("numa_affinity")
+        rows.append(f"<tr><th>GPU{i}</th>{''.join(cells)}"
+                    f"<td>{escape(format_cpulist(affinity)) if affinity else 'n/a'}</td>"
+                    f"<td>{escape(', '.join(map(str, nodes))) if nodes else 'n/a'}</td></tr>")
+    table = (f'<table class="topology"><tr><th></th>{head}<th>CPU affinity</th>'
+             f"<th>NUMA</th></tr>{''.join(rows)}</table>"
+             '<p class="meta">X = self; NV# = # bonded NVLinks; PIX/PXB = PCIe bridges; '
+             "PHB = through the CPU's host bridge; NODE = between host bridges of one NUMA node;"
+             " SYS = across NUMA nodes (slowest)</p>")
+    return _figure("gpu-topology", caption, table)
+
+
+def _target_facts(report: dict) -> str:
+    target = report.get("target") or {}
+    if not target:
+        return ""
+    cpu = target.get("cpu") or {}
+    effective = target.get("effective_cpus") or {}
+    memory = target.get("memory") or {}
+    settings = target.get("thread_settings") or {}
+    io = target.get("io") or {}
+    rows = [
+        ("CPU", f"{_num(cpu.get('cores'))} cores (min {_num(cpu.get('cores_min'))}, max "
+                f"{_num(cpu.get('cores_max'))}), {_pct(cpu.get('utilisation_of_capacity_ratio'))}"
+                f" of capacity; throttled {_num(cpu.get('throttled_seconds'), '{:.3f}')} s"),
+        ("effective CPUs", f"{format_cpulist(effective.get('cpus') or [])} "
+                           f"({effective.get('count')} logical, {effective.get('physical_cores')}"
+                           f" physical, capacity {effective.get('capacity_cores')} cores)"),
+        ("memory", f"RSS {_bytes(memory.get('rss_bytes'))}, peak "
+                   f"{_bytes(memory.get('peak_rss_bytes'))}, swap {_bytes(memory.get('swap_bytes'))}"
+                   f"; headroom to {memory.get('limit_kind') or 'limit'} "
+                   f"{_bytes(memory.get('headroom_bytes'))}; time to limit "
+                   f"{_duration(memory.get('seconds_to_limit'))}"),
+        ("I/O", f"storage read {_bytes(io.get('read_bytes_per_second'))}/s, write "
+                f"{_bytes(io.get('write_bytes_per_second'))}/s; syscalls read "
+                f"{_bytes(io.get('rchar_per_second'))}/s, write "
+                f"{_bytes(io.get('wchar_per_second'))}/s"),
+        ("threading", f"recommended {settings.get('recommended_threads')} threads (85% of "
+                      f"{settings.get('usable_physical_cores')} usable physical cores); "
+                      + "; ".join(settings.get("advice") or [])),
+    ]
+    environment = target.get("environment")
+    if environment:
+        rows.append(("environment", ", ".join(f"{k}={v}" for k, v in sorted(environment.items()))))
+    return ("<h2>Target</h2><table>" + "".join(
+        f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows) + "</table>")
+
+
+def _thread_row(row: dict) -> str:
+    return (f'<tr><td class="num">{_e(row.get("tid"))}</td><td class="mono">{_e(row.get("name"))}'
+            f'</td><td>{_e(row.get("state"))}</td><td class="num">{_pct(row.get("cpu_ratio"))}</td>'
+            f'<td class="num">{_num(row.get("run_queue_wait_seconds"), "{:.3f}")}</td>'
+            f'<td class="num">{_pct(row.get("run_queue_wait_ratio"))}</td>'
+            f'<td class="num">{_e(row.get("last_cpu"))}</td><td>{_e(row.get("wchan") or "")}'
+            "</td></tr>")
+
+
+THREAD_HEAD = ("<tr><th>tid</th><th>name</th><th>state</th><th>CPU</th><th>rq wait s</th>"
+               "<th>wait %</th><th>CPU#</th><th>wchan</th></tr>")
+
+
+def _thread_tables(report: dict) -> str:
+    threads = report.get("threads") or {}
+    if not threads:
+        return ""
+    out = [f"<h2>Threads</h2><p>{_e(threads.get('listed'))} threads, {_e(threads.get('busy'))}"
+           f" busy; runnable but waiting {_pct(threads.get('runnable_waiting_ratio'))} of "
+           f"runnable time; D state {_pct(threads.get('d_state_ratio'))}</p>"]
+    for title, key in (("Top by CPU", "top_by_cpu"),
+                       ("Top by run-queue wait", "top_by_run_queue_wait")):
+        rows = threads.get(key) or []
+        if rows:
+            out.append(f"<h3>{title}</h3><table>{THREAD_HEAD}"
+                       + "".join(_thread_row(r) for r in rows) + "</table>")
+    blocked = threads.get("blocked") or []
+    if blocked:
+        out.append("<h3>Seen in D state</h3><table><tr><th>tid</th><th>name</th><th>wchan</th>"
+                   "<th>samples</th></tr>" + "".join(
+                       f"<tr><td>{_e(b.get('tid'))}</td><td>{_e(b.get('name'))}</td>"
+                       f"<td>{_e(b.get('wchan'))}</td><td>{_e(b.get('d_state_samples'))}</td></tr>"
+                       for b in blocked) + "</table>")
+    every = threads.get("all") or []
+    if every:
+        shown = every[:MAX_THREAD_ROWS]
+        rest = f" (first {len(shown)}; all in the JSON report)" if len(every) > len(shown) else ""
+        out.append(f"<details><summary>All {len(every)} threads{rest}</summary><table>"
+                   f"{THREAD_HEAD}{''.join(_thread_row(r) for r in shown)}</table></details>")
+    return "".join(out)
+
+
+def _collectors(report: dict) -> str:
+    rows = []
+    for name, entry in (report.get("collectors") or {}).items():
+        problem = "; ".join(filter(None, [entry.get("error"), entry.get("hint") and
+                                          f"fix: {entry['hint']}"]))
+        unavailable = "; ".join(f"{k}: {v}" for k, v in (entry.get("unavailable") or {}).items())
+        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(entry.get('status'))}</td>"
+                    f"<td>{_e(problem)}</td><td>{_e(unavailable)}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Collectors</h2><table><tr><th>source</th><th>status</th><th>error</th>"
+            "<th>unavailable</th></tr>" + "".join(rows) + "</table>")
