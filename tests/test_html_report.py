@@ -132,6 +132,9 @@ def test_report_in_a_real_browser(tmp_path, chromium):
     assert "busy_worker_#" in text
     assert 'data-rule="oom-risk' in text          # the growth is a finding, shown first
     assert "projected OOM in" in text
+    # The workload is Python: py-spy's section names its busy threads' function.
+    assert "<h2>Python stacks (py-spy)</h2>" in text and "GIL held" in text
+    assert re.search(r"busy \([\w/]*workload\.py:\d+\)", text)
 
     visit = chromium.visit(out.as_uri(), CHART_PROBE)
     assert visit.requests == [out.as_uri()], visit.requests
@@ -160,7 +163,16 @@ def test_text_from_the_target_is_escaped():
         pool["pool"] = hostile
     report["findings"].append({"rule_id": hostile, "severity": "warning", "state": "firing",
                                "summary": hostile, "hint": hostile,
-                               "evidence": [{"text": hostile}]})
+                               "evidence": [{"text": hostile}],
+                               "stacks": {"status": "ok", "threads": [
+                                   {"tid": 1, "name": hostile, "why": hostile, "gil_ratio": 1.0,
+                                    "frames": [hostile]}]}})
+    report["python"] = {"status": "ok", "samples": 3, "python_threads": 1, "active_threads": 1,
+                        "gil_held_ratio": 1.0, "gil_holders": [{"name": hostile, "gil_ratio": 1}],
+                        "threads": [{"tid": 1, "name": hostile, "cpu_ratio": 0.5,
+                                     "active_ratio": 1.0, "gil_ratio": 1.0, "top_stacks": [
+                                         {"share": 1.0, "frames": [hostile, hostile]}]}]}
+    report["threads"]["top_by_cpu"][0]["python"] = {"top_frame": hostile}
     text = render_html(report)
     checked = assert_valid_html(text)
     # findings, with evidence and the fix, come before the charts

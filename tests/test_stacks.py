@@ -415,3 +415,33 @@ def test_recorded_dumps_of_a_pytorch_gpu_process_replay_through_the_profile():
     report = json.loads((Path(__file__).parent / "fixtures" / "stacks" / "h200-torch"
                          / "diagnose.json").read_text())
     assert [f["rule_id"] for f in report["findings"]] == ["gil-contention"]
+
+
+def test_a_passing_not_python_answer_does_not_end_sampling(tmp_path):
+    """py-spy misses the interpreter now and then while the target remaps memory: two such
+    answers in a row do not end the sampling; three before any success do."""
+    from dsmon.stacks.profile import NamespaceTids, StackProfile
+    from dsmon.stacks.sampler import StackSampler
+    from dsmon.paths import HostPaths
+
+    counter = tmp_path / "calls"
+    counter.write_text("0")
+    good = json.dumps([{"thread_id": 1, "os_thread_id": 1, "thread_name": "MainThread",
+                        "active": True, "owns_gil": True, "frames": []}])
+    flaky = fake_py_spy(tmp_path, f"""n=$(($(cat {counter}) + 1)); echo $n > {counter}
+if [ $n -le 2 ]; then echo "Error: Failed to find python version from target process" >&2; exit 1; fi
+echo '{good}'""")
+    with python_target("hot") as pid:
+        profile = StackProfile(NamespaceTids(HostPaths(), pid, None))
+        sampler = StackSampler(PySpy(flaky, explicit=True), pid, profile, period_s=0.05).start()
+        deadline = time.monotonic() + 10
+        while profile.samples < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sampler.stop()
+        assert profile.samples >= 3 and sampler.failures == 2
+        never = fake_py_spy(tmp_path, 'echo "Error: Failed to find python version" >&2; exit 1')
+        profile = StackProfile(NamespaceTids(HostPaths(), pid, None))
+        sampler = StackSampler(PySpy(never, explicit=True), pid, profile, period_s=0.05).start()
+        sampler._thread.join(timeout=10)
+        assert not sampler._thread.is_alive() and sampler.failures == 3
+        assert sampler.status()["error_kind"] == "not_python"

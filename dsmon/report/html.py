@@ -128,6 +128,7 @@ def render_html(report: dict, *, refresh_seconds: int | None = None,
         "</div>",
         _target_facts(report),
         _thread_tables(report),
+        _python_stacks(report),
         _collectors(report),
         f'<p class="meta">dsmon {_e(report.get("dsmon_version"))} · generated '
         f'{_e(report.get("generated_at"))} on {_e(report.get("reporter_host"))} · '
@@ -190,7 +191,7 @@ def _findings(report: dict) -> str:
             f'<div class="finding {escape(severity)}" data-rule="{_e(finding.get("rule_id"))}">'
             f'<span class="badge">{_e(severity)} · {_e(finding.get("state"))}</span> '
             f'<b>{_e(finding.get("rule_id"))}</b>: {_e(finding.get("summary"))}'
-            f'<ul class="evidence">{evidence}</ul>'
+            f'<ul class="evidence">{evidence}</ul>{_finding_stacks(finding)}'
             f'<div class="fix"><b>Fix:</b> {_e(finding.get("hint"))}</div></div>')
     gpu_findings = (report.get("gpu") or {}).get("findings") or []
     for finding in gpu_findings:
@@ -476,17 +477,58 @@ def _target_facts(report: dict) -> str:
         f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows) + "</table>")
 
 
+def _finding_stacks(finding: dict) -> str:
+    """The Python stacks a `capture: stack` finding cites (py-spy)."""
+    threads = (finding.get("stacks") or {}).get("threads") or []
+    if not threads:
+        return ""
+    return ('<ul class="evidence">' + "".join(
+        f'<li>stack of thread {_e(t.get("tid"))} {_e(t.get("name") or "")} ({_e(t.get("why"))},'
+        f' GIL {_pct(t.get("gil_ratio"))}): <code>'
+        + " &larr; ".join(_e(frame) for frame in (t.get("frames") or [])[:4]) + "</code></li>"
+        for t in threads[:4]) + "</ul>")
+
+
 def _thread_row(row: dict) -> str:
+    python = (row.get("python") or {}).get("top_frame") or ""
     return (f'<tr><td class="num">{_e(row.get("tid"))}</td><td class="mono">{_e(row.get("name"))}'
             f'</td><td>{_e(row.get("state"))}</td><td class="num">{_pct(row.get("cpu_ratio"))}</td>'
             f'<td class="num">{_num(row.get("run_queue_wait_seconds"), "{:.3f}")}</td>'
             f'<td class="num">{_pct(row.get("run_queue_wait_ratio"))}</td>'
             f'<td class="num">{_e(row.get("last_cpu"))}</td><td>{_e(row.get("wchan") or "")}'
-            "</td></tr>")
+            f'</td><td class="mono">{_e(python)}</td></tr>')
 
 
 THREAD_HEAD = ("<tr><th>tid</th><th>name</th><th>state</th><th>CPU</th><th>rq wait s</th>"
-               "<th>wait %</th><th>CPU#</th><th>wchan</th></tr>")
+               "<th>wait %</th><th>CPU#</th><th>wchan</th><th>Python frame</th></tr>")
+
+
+def _python_stacks(report: dict) -> str:
+    python = report.get("python")
+    if not python:
+        return ""
+    if python.get("status") != "ok":
+        return (f"<h2>Python stacks (py-spy)</h2><p>Unavailable: {_e(python.get('error'))}"
+                + (f"<br><b>Fix:</b> {_e(python['hint'])}" if python.get("hint") else "")
+                + "</p>")
+    holders = ", ".join(f"{_e(h.get('name'))} {_pct(h.get('gil_ratio'))}"
+                        for h in (python.get("gil_holders") or [])[:6])
+    rows = "".join(
+        f'<tr><td class="num">{_e(t.get("tid"))}</td><td class="mono">{_e(t.get("name"))}</td>'
+        f'<td class="num">{_pct(t.get("cpu_ratio"))}</td>'
+        f'<td class="num">{_pct(t.get("active_ratio"))}</td>'
+        f'<td class="num">{_pct(t.get("gil_ratio"))}</td><td class="mono">'
+        + "<br>".join(f"{_pct(stack.get('share'))} "
+                      + " &larr; ".join(_e(f) for f in (stack.get("frames") or [])[:4])
+                      for stack in (t.get("top_stacks") or [])[:2])
+        + "</td></tr>" for t in (python.get("threads") or [])[:MAX_THREAD_ROWS])
+    return (f"<h2>Python stacks (py-spy)</h2><p>{_e(python.get('samples'))} non-blocking samples;"
+            f" {_e(python.get('python_threads'))} Python threads, "
+            f"{_e(python.get('active_threads'))} active; GIL held "
+            f"{_pct(python.get('gil_held_ratio'))} of the samples"
+            + (f" (by {holders})" if holders else "") + "</p>"
+            "<table><tr><th>tid</th><th>name</th><th>CPU</th><th>active</th><th>GIL</th>"
+            f"<th>top stacks (innermost first)</th></tr>{rows}</table>")
 
 
 def _thread_tables(report: dict) -> str:

@@ -18,6 +18,11 @@ from dsmon.stacks.profile import StackProfile
 from dsmon.stacks.pyspy import PySpy, PySpyError
 
 DEFAULT_PERIOD_S = 0.2      # 5 dumps a second: 50 samples per thread in a 10 s window
+# py-spy can fail to find the interpreter while the target is remapping memory (measured: a
+# Python process growing 40 MiB/s got "Failed to find python version" on a first dump), so a
+# verdict about the target itself needs this many failures in a row before sampling stops.
+CONFIRM_FAILURES = 3
+_ABOUT_THE_TARGET = ("not_python", "unsupported_python")
 
 
 class StackSampler:
@@ -47,15 +52,21 @@ class StackSampler:
 
     def _loop(self) -> None:
         next_at = time.monotonic()
+        in_a_row = 0
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 threads = self.pyspy.dump(self.pid)
             except PySpyError as exc:
+                in_a_row += 1
                 with self._lock:
                     self.error = exc
                     self.failures += 1
-                if exc.permanent:
+                if exc.kind in _ABOUT_THE_TARGET:
+                    # Once a dump worked, the target is Python: such an error is transient.
+                    if self.profile.samples == 0 and in_a_row >= CONFIRM_FAILURES:
+                        return
+                elif exc.permanent:
                     return
             else:
                 with self._lock:
@@ -63,6 +74,7 @@ class StackSampler:
                         return
                     self.profile.add(threads, time.monotonic() - started)
                     self.error = None
+                in_a_row = 0
             # A fixed rate, but never back to back: a slow dump (a big target) lowers the rate
             # instead of keeping a py-spy running all the time.
             next_at = max(next_at + self.period_s, time.monotonic() + self.period_s / 2)
