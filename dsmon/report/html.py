@@ -13,6 +13,10 @@ from html import escape
 
 from dsmon.report import svg
 from dsmon.report.svg import Bars, Reference, Series
+from dsmon.report.units import bytes_text as _bytes
+from dsmon.report.units import duration as _duration
+from dsmon.report.units import number as _num
+from dsmon.report.units import percent as _pct
 from dsmon.sources import format_cpulist
 
 THREAD_STATE_NAMES = {"R": "R running", "S": "S sleeping", "D": "D uninterruptible",
@@ -59,35 +63,6 @@ table.topology td{text-align:center;min-width:3.2em;font-weight:600}
  figure{margin:0 0 .8em}details{display:none}
  *{-webkit-print-color-adjust:exact;print-color-adjust:exact}.no-print{display:none}}
 """
-
-
-def _bytes(value) -> str:
-    if value is None:
-        return "n/a"
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(value) >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{value:.0f} B"
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f}%"
-
-
-def _num(value, fmt: str = "{:.2f}") -> str:
-    return "n/a" if value is None else fmt.format(value)
-
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "n/a"
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 120:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.0f} s"
 
 
 def byte_scale(top: float) -> tuple[str, float]:

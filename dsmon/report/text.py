@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
+from dsmon.report.units import bytes_text as _bytes
+from dsmon.report.units import number as _num
+from dsmon.report.units import percent as _pct
 from dsmon.sources import format_cpulist
-
-
-def _bytes(value) -> str:
-    if value is None:
-        return "n/a"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(value) >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{value} B"
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f}%"
-
-
-def _num(value, fmt: str = "{:.2f}") -> str:
-    return "n/a" if value is None else fmt.format(value)
 
 
 def render_text(report: dict) -> str:
