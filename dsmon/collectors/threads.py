@@ -64,6 +64,12 @@ class ThreadSweep:
     switches_read: bool = True  # voluntary/involuntary counts were read in this sweep
     listed_tids: list[int] = field(default_factory=list)   # every tid in task/ (read or not)
     elapsed_s: float = 0.0
+    # Coverage when sweeps are truncated (rotating slices): the longest any listed thread had
+    # gone unread at the end of this sweep (a thread never read counts from when it was first
+    # listed; 0 when every thread was read), and how long the last complete pass over the
+    # thread list took (one sweep when nothing is truncated; None until a pass completes).
+    oldest_read_age_s: float = 0.0
+    full_pass_s: float | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -127,6 +133,10 @@ class ThreadSampler:
         self._open_fds = 0
         self._rotation = 0
         self._sweeps = 0
+        self._read_at: dict[int, float] = {}   # tid -> when last read (or first listed)
+        self._pass_started: float | None = None
+        self._pass_read = 0
+        self._full_pass_s: float | None = None
         self.switches_every = max(1, switches_every)
         self._schedstat_missing = False
         self._task_dir = paths.pid(pid, "task")
@@ -157,7 +167,12 @@ class ThreadSampler:
         tids = [int(name) for name in names if name.isdigit()]
         all_tids = tids
         listed = len(tids)
-        self._drop_vanished(tids)
+        current = self._drop_vanished(tids)
+        read_at = self._read_at
+        for tid in current - read_at.keys():     # new threads count from when first listed
+            read_at[tid] = started
+        for tid in read_at.keys() - current:
+            del read_at[tid]
         # One rotating offset serves both limits (thread count and time): each sweep starts
         # where the last truncated one stopped, so every thread is read within a few sweeps.
         start = self._rotation % listed if listed else 0
@@ -184,11 +199,26 @@ class ThreadSampler:
                 self._forget(tid)
                 continue
             threads.append(sample)
+            read_at[tid] = started
         truncated = capped or timed_out
         self._rotation = start + attempted if truncated else 0
+        ended = time.perf_counter()
+        if not truncated:
+            self._pass_started, self._pass_read = None, 0
+            self._full_pass_s = ended - started
+            oldest_age = 0.0
+        else:
+            if self._pass_started is None:
+                self._pass_started = started
+            self._pass_read += attempted
+            if self._pass_read >= listed:        # the slices have covered the whole list
+                self._full_pass_s = ended - self._pass_started
+                self._pass_started, self._pass_read = None, 0
+            oldest_age = ended - min(read_at.values()) if read_at else 0.0
 
         sweep = ThreadSweep(threads, listed, truncated, vanished, switches_read=read_switches,
-                            listed_tids=all_tids)
+                            listed_tids=all_tids, oldest_read_age_s=oldest_age,
+                            full_pass_s=self._full_pass_s)
         if truncated:
             sweep.notes.append(
                 f"sampled {len(threads)} of {listed} threads this sweep (limit {self.max_threads} "
@@ -204,12 +234,13 @@ class ThreadSampler:
         sweep.elapsed_s = time.perf_counter() - started
         return sweep
 
-    def _drop_vanished(self, listed_tids: list[int]) -> None:
+    def _drop_vanished(self, listed_tids: list[int]) -> set[int]:
         """Close the descriptors of threads that left task/ (the full listing, also when only
-        a window of it is read this sweep)."""
+        a window of it is read this sweep); returns the listed tids as a set."""
         current = set(listed_tids)
-        for tid in [tid for tid in self._fds if tid not in current]:
+        for tid in self._fds.keys() - current:
             self._forget(tid)
+        return current
 
     def _forget(self, tid: int) -> None:
         for fd in self._fds.pop(tid, ()):
