@@ -379,6 +379,24 @@ def test_threads_coverage_with_rotating_slices(fake_host):
     assert 0 <= sweep.full_pass_s <= sweep.elapsed_s + 0.01
 
 
+def test_threads_agent_slices_cover_the_list_in_pass_sweeps(fake_host):
+    """The agent's mode: slices of max(max_threads / 2, threads / pass_sweeps), task/ listed
+    every relist_every sweeps (a new thread shows at the next listing)."""
+    fake_host.add_process(PID, threads=[FakeThread(PID + i, f"w{i}") for i in range(20)])
+    sampler = ThreadSampler(fake_host.paths, PID, max_threads=8, fd_budget=256, pass_sweeps=4,
+                            relist_every=2)
+    try:
+        first = sampler.sample()
+        fake_host.add_thread(PID, FakeThread(PID + 50, "late"))
+        second, third = sampler.sample(), sampler.sample()
+    finally:
+        sampler.close()
+    assert len(first.threads) == 5                    # max(8 // 2, 20 / 4)
+    assert second.listed == 20 and third.listed == 21   # listed again on the third sweep
+    seen = {t.tid for sweep in (first, second, third) for t in sweep.threads}
+    assert len(seen) == 5 + 5 + 6                       # 21 threads: slices of 6
+
+
 def test_threads_time_budget_window_rotates(fake_host):
     fake_host.add_process(PID, threads=[FakeThread(PID + i, f"w{i}") for i in range(100)])
     sampler = ThreadSampler(fake_host.paths, PID, time_budget_s=0.0, fd_budget=1024)
