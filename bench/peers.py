@@ -767,8 +767,8 @@ def write_markdown(document: dict, path: Path, svg_name: str, before: dict | Non
         "## Results",
         "",
         f"Median of {document['repeats']} runs, (min-max) over the runs; each run a fresh "
-        f"process, a window of {windows} s at 1 Hz after a settling time of {settles} s. "
-        " CPU is the tool's own utime+stime (`/proc/PID/stat`), so a sample is "
+        f"process, a window of {windows} s at 1 Hz after a settling time of {settles} s."
+        "  CPU is the tool's own utime+stime (`/proc/PID/stat`), so a sample is "
         "one second of its CPU; scrape latency is wall time and moves with the host's load.",
         "",
         results_table(document),
@@ -813,7 +813,8 @@ def write_markdown(document: dict, path: Path, svg_name: str, before: dict | Non
                   "per 32 CPUs: 256 CPUs = 8 nodes) and on the real host with fake NVML "
                   "(`--nvml-replay`, the first N GPUs of `tests/fixtures/gpu/"
                   "hgx-h100-8gpu-2node.json`). CPU ms per 1 Hz cycle including one scrape, "
-                  f"median ({scale and 'min-max'}) of the repeats:", ""]
+                  "median (min-max) of the repeats (utime+stime counts 10 ms ticks: over a "
+                  "10 s window a cycle's figure moves in steps of 1 ms):", ""]
         for key, label in (("cpus", "CPUs"), ("gpus", "GPUs")):
             lines += [f"| {label} | ms CPU per cycle | series | peak RSS MB |",
                       "|---:|---:|---:|---:|"]
@@ -828,8 +829,8 @@ def write_markdown(document: dict, path: Path, svg_name: str, before: dict | Non
                           f"smallest points {fit['marginal_low_ms']} ms, between the two largest "
                           f"{fit['marginal_high_ms']} ms."]
             lines.append("")
-    if before:
-        lines += ["## Before and after", "", before.get("text", ""), ""]
+    if before:   # hand-written notes (bench/peers-notes.md), with their own headings
+        lines += [before.get("text", "").rstrip(), ""]
     lines += [
         "## Method",
         "",
@@ -868,7 +869,8 @@ def write_markdown(document: dict, path: Path, svg_name: str, before: dict | Non
         "lines of the last scrape. Runs are repeated and reported as median (min-max).",
         "- **What each samples per thread**: dsmon reads `stat` (state, CPU, last CPU for NUMA "
         "placement) and `schedstat` (run-queue wait, timeslices) every sample, `status` "
-        "(voluntary/involuntary switches) and `wchan` every 5th; it exports aggregates "
+        "(voluntary/involuntary switches) and `wchan` every 5th (above `max_threads`: "
+        "rotating slices covering the list in 8 samples, `status`/`wchan` every 10th); it exports aggregates "
         "(threads by state, pools, run-queue wait, switches) under bounded labels. "
         "process-exporter reads `stat`, `status` and `io` per thread and exports per thread "
         "*name* (no run-queue wait, no states per thread, no NUMA).",
@@ -886,9 +888,11 @@ def write_markdown(document: dict, path: Path, svg_name: str, before: dict | Non
         f"{min(loads) if loads else float('nan'):.2f}-{max(loads) if loads else float('nan'):.2f}; "
         f"host CPU pressure (PSI cpu some, share of the window): median "
         f"{statistics.median(psi) if psi else float('nan'):.2f}, max "
-        f"{max(psi) if psi else float('nan'):.2f}",
-        f"- run started {document['date']}, load at start {host.get('loadavg_start')}, at end "
-        f"{host.get('loadavg_end')}",
+        f"{max(psi) if psi else float('nan'):.2f} (the target's own bursty threads count "
+        "in it: PSI says some task waited, not that the measured tool did)",
+        f"- run started {document['date']}, load at start "
+        f"{[round(v, 2) for v in host.get('loadavg_start') or []]}, at end "
+        f"{[round(v, 2) for v in host.get('loadavg_end') or []]}",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -910,8 +914,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_path", default=str(REPO / "docs/benchmarks.json"))
     parser.add_argument("--markdown", default=str(REPO / "docs/benchmarks.md"))
     parser.add_argument("--svg", default=str(REPO / "docs/benchmarks.svg"))
-    parser.add_argument("--before", default=None,
-                        help="JSON with a 'text' key: the before/after section to include")
+    parser.add_argument("--notes", default=str(REPO / "bench/peers-notes.md"),
+                        help="markdown included as the 'Before and after' section")
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="only rewrite the markdown and chart from a results JSON")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else \
         ([64, 512] if args.quick else list(SIZES))
@@ -923,15 +929,20 @@ def main(argv: list[str] | None = None) -> int:
     args.scale_repeats = 1 if args.quick else 2
     args.scale_window = 5.0 if args.quick else 10.0
     install_signal_handlers()
-    try:
-        document = run(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        reap_all()
-    before = json.loads(Path(args.before).read_text()) if args.before else None
-    if args.json_path:
+    if args.render:
+        document = json.loads(Path(args.render).read_text())
+        document["window_s"] = {int(k): v for k, v in document["window_s"].items()}
+    else:
+        try:
+            document = run(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            reap_all()
+    notes = Path(args.notes) if args.notes else None
+    before = {"text": notes.read_text()} if notes and notes.exists() else None
+    if args.json_path and not args.render:
         Path(args.json_path).write_text(json.dumps(document, indent=1) + "\n")
     if args.svg:
         write_svg(document, Path(args.svg))
