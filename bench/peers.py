@@ -739,7 +739,7 @@ def write_svg(document: dict, path: Path) -> None:
     out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" '
                f'y2="{top + plot_h}" stroke="black"/>')
     for ti, tool in enumerate(tools):
-        y = top + 60 + ti * 20
+        y = top + 10 + ti * 17
         out.append(f'<rect x="{left + plot_w + 10}" y="{y - 10}" width="12" height="12" '
                    f'fill="{colors.get(tool, "#333")}"/>')
         out.append(f'<text x="{left + plot_w + 28}" y="{y}">{tool}</text>')
