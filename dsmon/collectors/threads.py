@@ -153,6 +153,7 @@ class ThreadSampler:
         self._listing: list[int] | None = None
         self._listing_set: set[int] | None = None
         self._since_listing = 0
+        self._was_capped = False        # the last sweep read a slice (above max_threads)
         self._schedstat_missing = False
         self._task_dir = paths.pid(pid, "task")
 
@@ -174,8 +175,7 @@ class ThreadSampler:
         """One sweep. `read_switches` forces (or skips) the costly status read for this sweep."""
         started = time.perf_counter()
         if read_switches is None:
-            every = self.switches_every_capped if self._listing is not None else \
-                self.switches_every
+            every = self.switches_every_capped if self._was_capped else self.switches_every
             read_switches = self._sweeps % every == 0
         self._sweeps += 1
         if self._listing is not None and self._since_listing < self.relist_every:
@@ -234,6 +234,7 @@ class ThreadSampler:
             read_at[tid] = started
         truncated = capped or timed_out
         self._rotation = start + attempted if truncated else 0
+        self._was_capped = capped
         if capped and self.relist_every > 1 and self._listing is None:
             self._listing, self._listing_set = all_tids, current
         ended = time.perf_counter()
