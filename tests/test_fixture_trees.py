@@ -397,6 +397,18 @@ def test_threads_agent_slices_cover_the_list_in_pass_sweeps(fake_host):
     assert len(seen) == 5 + 5 + 6                       # 21 threads: slices of 6
 
 
+def test_threads_status_cadence_in_slices(fake_host):
+    """Reading slices, status (switch split) and wchan come every switches_every_capped sweeps."""
+    fake_host.add_process(PID, threads=[FakeThread(PID + i, f"w{i}") for i in range(20)])
+    sampler = ThreadSampler(fake_host.paths, PID, max_threads=8, fd_budget=256, pass_sweeps=4,
+                            relist_every=2, switches_every=5, switches_every_capped=3)
+    try:
+        flags = [sampler.sample().switches_read for _ in range(7)]
+    finally:
+        sampler.close()
+    assert flags == [True, False, False, True, False, False, True]
+
+
 def test_threads_time_budget_window_rotates(fake_host):
     fake_host.add_process(PID, threads=[FakeThread(PID + i, f"w{i}") for i in range(100)])
     sampler = ThreadSampler(fake_host.paths, PID, time_budget_s=0.0, fd_budget=1024)
