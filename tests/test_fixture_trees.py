@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -348,6 +349,64 @@ def test_threads_max_threads_rotates(fake_host):
     order = [int(name) for name in os.listdir(fake_host.paths.pid(PID, "task"))]
     assert seen == [order[0:2], order[2:4], [order[4], order[0]]]
     assert set(order) == {PID + i for i in range(5)}
+
+
+def test_threads_coverage_with_rotating_slices(fake_host):
+    """Above the cap each sweep reads a slice; the sweep says how long the least recently read
+    thread has gone unread and how long the last full pass over the list took."""
+    fake_host.add_process(PID, threads=[FakeThread(PID + i, f"w{i}") for i in range(5)])
+    sampler = ThreadSampler(fake_host.paths, PID, max_threads=2, fd_budget=64)
+    try:
+        sweeps = []
+        for _ in range(4):
+            sweeps.append(sampler.sample())
+            time.sleep(0.05)
+    finally:
+        sampler.close()
+    assert [len(s.threads) for s in sweeps] == [2, 2, 2, 2] and all(s.truncated for s in sweeps)
+    # Threads not yet read count from when they were first listed (sweep 1).
+    assert sweeps[0].oldest_read_age_s < 0.05 <= sweeps[1].oldest_read_age_s
+    assert sweeps[0].full_pass_s is None and sweeps[1].full_pass_s is None
+    # The third slice completes the pass over 5 threads: three sweeps, two gaps of >= 50 ms.
+    assert 0.1 <= sweeps[2].full_pass_s < 5
+    assert sweeps[2].oldest_read_age_s < sweeps[2].full_pass_s + 0.05
+    whole = ThreadSampler(fake_host.paths, PID, fd_budget=64)
+    try:
+        sweep = whole.sample()
+    finally:
+        whole.close()
+    assert not sweep.truncated and sweep.oldest_read_age_s == 0.0
+    assert 0 <= sweep.full_pass_s <= sweep.elapsed_s + 0.01
+
+
+def test_threads_agent_slices_cover_the_list_in_pass_sweeps(fake_host):
+    """The agent's mode: slices of max(max_threads / 2, threads / pass_sweeps), task/ listed
+    every relist_every sweeps (a new thread shows at the next listing)."""
+    fake_host.add_process(PID, threads=[FakeThread(PID + i, f"w{i}") for i in range(20)])
+    sampler = ThreadSampler(fake_host.paths, PID, max_threads=8, fd_budget=256, pass_sweeps=4,
+                            relist_every=2)
+    try:
+        first = sampler.sample()
+        fake_host.add_thread(PID, FakeThread(PID + 50, "late"))
+        second, third = sampler.sample(), sampler.sample()
+    finally:
+        sampler.close()
+    assert len(first.threads) == 5                    # max(8 // 2, 20 / 4)
+    assert second.listed == 20 and third.listed == 21   # listed again on the third sweep
+    seen = {t.tid for sweep in (first, second, third) for t in sweep.threads}
+    assert len(seen) == 5 + 5 + 6                       # 21 threads: slices of 6
+
+
+def test_threads_status_cadence_in_slices(fake_host):
+    """Reading slices, status (switch split) and wchan come every switches_every_capped sweeps."""
+    fake_host.add_process(PID, threads=[FakeThread(PID + i, f"w{i}") for i in range(20)])
+    sampler = ThreadSampler(fake_host.paths, PID, max_threads=8, fd_budget=256, pass_sweeps=4,
+                            relist_every=2, switches_every=5, switches_every_capped=3)
+    try:
+        flags = [sampler.sample().switches_read for _ in range(7)]
+    finally:
+        sampler.close()
+    assert flags == [True, False, False, True, False, False, True]
 
 
 def test_threads_time_budget_window_rotates(fake_host):

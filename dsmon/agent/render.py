@@ -95,6 +95,17 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
         out.gauge("dsmon_process_threads_sampled_ratio", "Share of threads read in the last "
                   "sample (below 1 when the thread cap or time budget truncated it).",
                   len(sweep.threads) / sweep.listed if sweep.listed else None, target=label)
+        out.gauge("dsmon_process_threads_listed", "Threads in the target's task/ at the last "
+                  "sample.", sweep.listed, target=label)
+        out.gauge("dsmon_process_threads_sampled", "Threads read in the last sample (a "
+                  "rotating slice of the list above the thread cap).", len(sweep.threads),
+                  target=label)
+        out.gauge("dsmon_process_thread_sample_age_max_seconds", "Longest any live thread had "
+                  "gone unread at the last sample (0 when every thread is read each sample).",
+                  sweep.oldest_read_age_s, target=label)
+        out.gauge("dsmon_process_thread_full_pass_seconds", "Time the last complete pass over "
+                  "the thread list took (one sample when no slice is needed).",
+                  sweep.full_pass_s, target=label)
         totals = runtime.totals
         out.counter("dsmon_process_run_queue_wait_seconds", "Time threads were runnable but "
                     "waiting for a CPU (schedstat), summed over threads.",
