@@ -113,6 +113,7 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         rules = load_rules(options.rule_paths)
     rules = [rule for rule in rules if rule.id not in set(options.disabled_rules)]
     sampler = TargetSampler(paths, pid, max_threads=options.max_threads)
+    stacks = None
     try:
         started_wall = time.time()
         static = sampler.static()
