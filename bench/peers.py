@@ -170,18 +170,23 @@ def target_period_ms(threads: int) -> float:
     return BASE_PERIOD_MS * max(1.0, threads / 512)
 
 
-def start_target(threads: int, marker: str, timeout: float = 180.0) -> subprocess.Popen:
-    """churn_target with --churn 0, tagged with a unique --seed so only it matches the
-    process-exporter's command-line regex; waits until every thread is listed."""
-    proc = subprocess.Popen([sys.executable, str(CHURN_TARGET), "--threads", str(threads),
-                             "--churn", "0", "--period-ms", f"{target_period_ms(threads):g}",
-                             "--seed", marker],
-                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+def start_ready(argv: list[str], what: str) -> subprocess.Popen:
+    """A child that prints "ready" once it is set up (target or floor); registered for reaping."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     CHILDREN.append(proc)
     line = proc.stdout.readline()
     if not line.startswith("ready"):
         reap(proc)
-        raise RuntimeError(f"target did not start: {line!r}")
+        raise RuntimeError(f"{what} did not start: {line!r}")
+    return proc
+
+
+def start_target(threads: int, marker: str, timeout: float = 180.0) -> subprocess.Popen:
+    """churn_target with --churn 0, tagged with a unique --seed so only it matches the
+    process-exporter's command-line regex; waits until every thread is listed."""
+    proc = start_ready([sys.executable, str(CHURN_TARGET), "--threads", str(threads),
+                        "--churn", "0", "--period-ms", f"{target_period_ms(threads):g}",
+                        "--seed", marker], "target")
     deadline = time.monotonic() + timeout
     while len(os.listdir(f"/proc/{proc.pid}/task")) < threads:
         if time.monotonic() > deadline:
@@ -252,14 +257,8 @@ def start_tool(tool: str, target_pid: int, marker: str, work: Path, tag: str,
                       log_path, cwd=work)
         return proc, url, "glances_cpu_total"
     if tool in ("floor", "floor-pread"):
-        proc = subprocess.Popen([sys.executable, "-c", FLOOR_CODE, str(target_pid),
-                                 "pread" if tool == "floor-pread" else "read"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
-        CHILDREN.append(proc)
-        line = proc.stdout.readline()
-        if not line.startswith("ready"):
-            reap(proc)
-            raise RuntimeError(f"floor did not start: {line!r}")
+        proc = start_ready([sys.executable, "-c", FLOOR_CODE, str(target_pid),
+                            "pread" if tool == "floor-pread" else "read"], "floor")
         return proc, None, None
     raise ValueError(tool)
 
