@@ -356,9 +356,7 @@ class FeatureExtractor:
     def _thread_rates(self, values, sweep_before, sweep, span) -> None:
         hz = self.static.hz
         earlier = {(t.tid, t.start_ticks): t for t in sweep_before.threads}
-        busy = active = python_busy = 0
-        python_cores = 0.0
-        python_tids = self._python_tids
+        busy = active = 0
         top = 0.0
         run = wait = 0
         have_schedstat = False
@@ -373,9 +371,6 @@ class FeatureExtractor:
             used = max(0, thread.utime + thread.stime - old.utime - old.stime) / hz / span
             busy += used >= BUSY_CORES
             active += used >= ACTIVE_CORES
-            if thread.tid in python_tids:
-                python_busy += used >= ACTIVE_CORES
-                python_cores += used
             if local_cpus is not None and used > 0:
                 used_total += used
                 gpu_local += used if thread.processor in local_cpus else 0.0
@@ -391,8 +386,7 @@ class FeatureExtractor:
         values["busy_threads"] = busy
         values["active_threads"] = active
         if values["python_gil_held_ratio"] is not None:
-            values["python_busy_threads"] = python_busy
-            values["python_cpu_cores"] = python_cores
+            self._python_thread_rates(values, earlier, sweep, span)
         if used_total > 0:
             values["gpu_local_cpu_ratio"] = gpu_local / used_total
         values["max_thread_cpu_cores"] = top
@@ -402,6 +396,24 @@ class FeatureExtractor:
         for node, cores in by_node.items():
             self._cpu_by_node[node] = self._cpu_by_node.get(node, 0.0) * 0.8 + cores
         self._numa(values)
+
+    def _python_thread_rates(self, values, earlier, sweep, span) -> None:
+        """CPU of the threads py-spy saw as Python threads (only when it sampled: the agent's
+        per-thread loop stays as it was)."""
+        python_tids = self._python_tids
+        busy = 0
+        cores = 0.0
+        for thread in sweep.threads:
+            if thread.tid not in python_tids:
+                continue
+            old = earlier.get((thread.tid, thread.start_ticks))
+            if old is None:
+                continue
+            used = max(0, thread.utime + thread.stime - old.utime - old.stime) / self.static.hz / span
+            busy += used >= ACTIVE_CORES
+            cores += used
+        values["python_busy_threads"] = busy
+        values["python_cpu_cores"] = cores
 
     def _switch_rates(self, values, sweep, now: float) -> None:
         """Switch counts are read every few sweeps (status is costly): the rate runs from the
