@@ -61,8 +61,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.agent_cost import cpu_pressure_total, percentile  # noqa: E402
+from bench.sample_cost import run_diagnose, spawn  # noqa: E402
 from bench.soak import (  # noqa: E402
-    CHILDREN,
     CHURN_TARGET,
     count_series,
     cpu_seconds,
@@ -172,8 +172,7 @@ def target_period_ms(threads: int) -> float:
 
 def start_ready(argv: list[str], what: str) -> subprocess.Popen:
     """A child that prints "ready" once it is set up (target or floor); registered for reaping."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    CHILDREN.append(proc)
+    proc = spawn(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if not line.startswith("ready"):
         reap(proc)
@@ -206,20 +205,8 @@ def stop_target(proc: subprocess.Popen, threads: int) -> None:
 
 def _spawn(argv: list[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=str(cwd) if cwd else None,
-                                preexec_fn=_deathsig)
-    CHILDREN.append(proc)
-    return proc
-
-
-def _deathsig() -> None:
-    import ctypes
-    import signal
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-    except Exception:  # noqa: BLE001
-        pass
+        return spawn(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                     cwd=str(cwd) if cwd else None)
 
 
 def tool_available(tool: str) -> bool:
@@ -339,7 +326,6 @@ def measure_tool(tool: str, target_pid: int, marker: str, window: float, work: P
 # dsmon diagnose
 
 def measure_diagnose(target_pid: int, duration: str = "5s") -> dict:
-    from bench.sample_cost import run_diagnose
     result = run_diagnose(target_pid, duration)
     return {"wall_s": round(result["wall_s"], 3), "cpu_s": round(result["cpu_s"], 3),
             "peak_rss_bytes": (result["vmhwm_kib"] or 0) * 1024,

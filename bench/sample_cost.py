@@ -119,7 +119,9 @@ sampler.close()
 # ----------------------------------------------------------------------------------------
 # Child processes: every one is registered and killed on the way out.
 
-CHILDREN: list[subprocess.Popen] = []
+# One registry with bench/soak.py (and bench/peers.py, which runs run_diagnose): an
+# interrupted run reaps every child whichever module started it.
+from bench.soak import CHILDREN, reap, reap_all  # noqa: E402
 
 
 def _deathsig():
@@ -135,28 +137,6 @@ def spawn(args, **kwargs) -> subprocess.Popen:
     proc = subprocess.Popen(args, preexec_fn=_deathsig, **kwargs)
     CHILDREN.append(proc)
     return proc
-
-
-def reap(proc: subprocess.Popen) -> None:
-    try:
-        if proc.returncode is None and proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    except (ProcessLookupError, ChildProcessError, subprocess.TimeoutExpired):
-        pass
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            try:
-                stream.close()
-            except OSError:
-                pass
-    if proc in CHILDREN:
-        CHILDREN.remove(proc)
-
-
-def reap_all() -> None:
-    for proc in list(reversed(CHILDREN)):
-        reap(proc)
 
 
 def _on_signal(signum, _frame):
