@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from dsmon.paths import HostPaths
 from dsmon.sources import SourceError, list_dir, read_text
-from dsmon.stacks.pyspy import Frame, ThreadStack
+from dsmon.stacks.pyspy import ThreadStack
 
 TOP_STACKS = 3          # per thread, in the report
 MAX_FRAMES = 24         # innermost frames kept per stack (the rest is interpreter bootstrap)
@@ -76,10 +76,6 @@ class ThreadProfile:
         return [{"share": round(count / total, 4), "samples": count,
                  "frames": [frame.label() for frame in stack]}
                 for stack, count in counter.most_common(limit)]
-
-    def top_frame(self) -> str | None:
-        top = self.top(1)
-        return top[0]["frames"][0] if top and top[0]["frames"] else None
 
 
 @dataclass
@@ -178,10 +174,3 @@ class StackProfile:
             "dump_seconds_max": timings[-1] if timings else None,
             "threads": threads,
         }
-
-    def by_host_tid(self) -> dict[int, ThreadProfile]:
-        return {p.host_tid: p for p in self.threads.values() if p.host_tid is not None}
-
-
-def frame_labels(frames: tuple[Frame, ...]) -> list[str]:
-    return [frame.label() for frame in frames]

@@ -19,6 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from dsmon.collectors.process import StatFields, parse_stat
+from dsmon.sources import SourceError, read_bytes
+
 DEFAULT_TIMEOUT_S = 2.0
 # A dump's time grows with the thread count (measured: ~70 ms for 64 threads, ~0.4 s for 512
 # on a loaded 2-core machine), so the hard limit does too, up to a ceiling.
@@ -152,25 +155,17 @@ def find_pyspy(explicit: str | None = None) -> str | None:
     return shutil.which("py-spy")
 
 
-def _run_state(procfs: str, pid: int) -> str | None:
+def _stat(procfs: str, pid: int) -> StatFields | None:
+    """The target's stat line (run state, thread count), or None when it is gone or unreadable."""
     try:
-        with open(f"{procfs}/{pid}/stat", "rb") as handle:
-            text = handle.read()
-    except OSError:
+        return parse_stat(read_bytes(f"{procfs}/{pid}/stat", True))
+    except (SourceError, ValueError):
         return None
-    after = text.rsplit(b")", 1)[-1].split()
-    return after[0].decode() if after else None
 
 
-def _thread_count(procfs: str, pid: int) -> int:
-    try:
-        with open(f"{procfs}/{pid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+def _run_state(procfs: str, pid: int) -> str | None:
+    stat = _stat(procfs, pid)
+    return stat.state if stat is not None else None
 
 
 class PySpy:
@@ -190,12 +185,6 @@ class PySpy:
         with self._locks_guard:
             return self._locks.setdefault(pid, threading.Lock())
 
-    def forget(self, pid: int) -> None:
-        with self._locks_guard:
-            lock = self._locks.get(pid)
-            if lock is not None and not lock.locked():
-                del self._locks[pid]
-
     def dump(self, pid: int, *, with_locals: bool = False, blocking: bool = False,
              timeout_s: float | None = None) -> list[ThreadStack]:
         """Every Python thread's stack. Raises PySpyError."""
@@ -211,19 +200,19 @@ class PySpy:
                 command.append("--nonblocking")
             if with_locals:
                 command.append("--locals")
+            stat = _stat(self.procfs, pid)
+            if stat is None:
+                raise PySpyError("gone", f"process {pid} does not exist")
             if timeout_s is None:
-                timeout_s = min(MAX_TIMEOUT_S, self.timeout_s
-                                + TIMEOUT_PER_THREAD_S * _thread_count(self.procfs, pid))
-            return parse_dump(self._run(pid, command, timeout_s))
+                timeout_s = min(MAX_TIMEOUT_S,
+                                self.timeout_s + TIMEOUT_PER_THREAD_S * stat.num_threads)
+            return parse_dump(self._run(pid, command, timeout_s, stat.state))
         except ValueError as exc:
             raise PySpyError("failed", f"py-spy output was not JSON: {exc}") from None
         finally:
             lock.release()
 
-    def _run(self, pid: int, command: list[str], timeout_s: float) -> bytes:
-        before = _run_state(self.procfs, pid)
-        if before is None:
-            raise PySpyError("gone", f"process {pid} does not exist")
+    def _run(self, pid: int, command: list[str], timeout_s: float, before: str) -> bytes:
         env = dict(os.environ, RUST_BACKTRACE="0", RUST_LOG="error")
         try:
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
