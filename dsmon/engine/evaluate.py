@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dsmon.analysis import linear_slope, stddev
-from dsmon.engine.features import CONTEXT_FIELDS, FEATURES, FeatureStore
+from dsmon.features import CONTEXT_FIELDS, FEATURES, FeatureStore
 from dsmon.engine.format import format_value
 from dsmon.engine.rules import SEVERITY_RANK, Leaf, Rule
 
