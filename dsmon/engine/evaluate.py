@@ -7,9 +7,9 @@ import string
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsmon.analysis import linear_slope, stddev
+from dsmon.features.series import linear_slope, stddev
 from dsmon.features import CONTEXT_FIELDS, FEATURES, FeatureStore
-from dsmon.engine.format import format_value
+from dsmon.units import format_value
 from dsmon.engine.rules import SEVERITY_RANK, Leaf, Rule
 
 

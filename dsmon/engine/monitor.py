@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsmon.engine.engines import detect_engine, torch_loaded
-from dsmon.sources import SourceError, read_bytes
+from dsmon.engine.engines import detect_engine
 from dsmon.engine.evaluate import Engine, Finding
 from dsmon.features import FeatureExtractor, FeatureStore
 from dsmon.engine.rules import SEVERITY_RANK, Rule
@@ -42,13 +41,9 @@ class RuleMonitor:
         self.engine = Engine(self.rules)
 
     def _torch_loaded(self) -> bool:
-        paths = getattr(self.static, "paths", None)
-        if paths is None:
-            return False
-        try:
-            return torch_loaded(read_bytes(paths.pid(self.static.identity.pid, "maps"), True))
-        except SourceError:
-            return False
+        """From the static facts (dsmon.collectors.runtimes); the engine reads no host file."""
+        batch = getattr(self.static, "runtimes", None)
+        return batch is not None and batch.ok and batch.data.torch
 
     def follow_gpu_locality(self, gpu_snapshot, topology) -> None:
         """Tell the features which CPUs are local to the GPUs this target uses."""
