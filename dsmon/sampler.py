@@ -73,7 +73,8 @@ class TargetNotFound(Exception):
 class TargetSampler:
     def __init__(self, paths: HostPaths, pid: int, max_threads: int = 2048,
                  thread_time_budget_s: float = 0.5, thread_pass_sweeps: int | None = None,
-                 thread_relist_every: int = 1, thread_switches_every_capped: int | None = None):
+                 thread_relist_every: int = 1, thread_switches_every_capped: int | None = None,
+                 runtimes_reread_s: float = RUNTIMES_REREAD_S):
         self.paths = paths
         self.pid = pid
         self.hz = clock_ticks()
@@ -87,7 +88,8 @@ class TargetSampler:
         self._cgroup: CgroupCollector | None = None
         self._started_as_zombie = False
         self.runtimes = RuntimesCollector(paths, pid)
-        self._runtimes_due = 0.0
+        self.runtimes_reread_s = runtimes_reread_s
+        self._runtimes_read_at = 0.0
 
     def close(self) -> None:
         self.threads.close()
@@ -114,7 +116,7 @@ class TargetSampler:
         )
 
     def _read_runtimes(self, now: float) -> Batch:
-        self._runtimes_due = now + RUNTIMES_REREAD_S
+        self._runtimes_read_at = now
         return run_collector("runtimes", self.runtimes.collect)
 
     def numa(self) -> Batch:
@@ -140,7 +142,7 @@ class TargetSampler:
                 "threads", lambda: self._sweep(read_switches), no_data_kinds=())
             if self._cgroup is not None:
                 batches["cgroup"] = run_collector("cgroup", self._cgroup.collect)
-            if mono >= self._runtimes_due:
+            if mono - self._runtimes_read_at >= self.runtimes_reread_s:
                 batches["runtimes"] = self._read_runtimes(mono)
             if batches["threads"].status is Status.FAILED and \
                     batches["threads"].error.startswith("gone"):
