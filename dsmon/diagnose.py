@@ -11,6 +11,7 @@ from dsmon import __version__
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import load_rules
 from dsmon.engine_metrics import EngineFollower
+from dsmon.features.series import fit_line
 from dsmon.gpu.sample import GpuCollector
 from dsmon.model import Batch, Status, run_collector
 from dsmon.model_size import report_note as model_size_note
@@ -139,7 +140,7 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
             monitor.observe(tick)
 
         ticks, end_reason = sample_window(sampler, options, sleep, on_tick)
-        gpu_first, gpu_last = gpu_batches[0], gpu_batches[-1]
+        gpu_last = gpu_batches[-1]
         numa_end = sampler.numa() if end_reason != "target exited" else None
     finally:
         if stacks is not None:
@@ -187,7 +188,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         {"seconds": round(t.mono_ts - start, 3) if start is not None else None,
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
         for t in monitor.transitions]
-    report["gpu"] = gpu_section(gpu_first, gpu_last, pid)
+    report["gpu"] = gpu_section(gpu_last, fit_line(
+        [(t, v["gpu_memory_bytes"]) for t, v in sorted(monitor.history.items())
+         if v.get("gpu_memory_bytes") is not None]))
     if gpu_last.ok:   # what its GPU memory says about the model (plan's arithmetic)
         report["gpu"]["model_size"] = model_size_note(report["gpu"], pid, static.identity.cmdline,
                                                       monitor.engine_name, paths)
@@ -233,21 +236,16 @@ def python_section(stacks, paths: HostPaths, options: DiagnoseOptions, threads: 
     return section
 
 
-def gpu_section(first, last, pid: int) -> dict:
-    """The GPUs at the end of the window, the target's GPU memory and its change, and NVML's
-    own findings (lost GPU, XID, ECC, throttling, degraded PCIe)."""
+def gpu_section(last, memory_fit) -> dict:
+    """The GPUs at the end of the window, the target's GPU memory and its growth over the
+    window (a fit of the gpu_memory_bytes feature), and NVML's own findings (lost GPU, XID,
+    ECC, throttling, degraded PCIe)."""
     if not last.ok:
         return {"status": last.status.value, "error": last.error, "hint": last.hint}
     snapshot = last.data.to_dict()
-    usage_first = first.data.targets.get(pid) if first.ok else None
-    usage_last = last.data.targets.get(pid)
-    growth = None
-    if usage_first is not None and usage_last is not None and \
-            usage_first.memory_bytes is not None and usage_last.memory_bytes is not None:
-        span = last.wall_ts - first.wall_ts
-        growth = (usage_last.memory_bytes - usage_first.memory_bytes) / span if span > 0 else None
     snapshot["status"] = last.status.value
-    snapshot["target_memory_growth_bytes_per_second"] = growth
+    snapshot["target_memory_growth_bytes_per_second"] = memory_fit.slope if memory_fit else None
+    snapshot["target_memory_growth_fit_ratio"] = memory_fit.r_squared if memory_fit else None
     return snapshot
 
 
