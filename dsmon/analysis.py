@@ -37,8 +37,15 @@ def rate(first: float | None, last: float | None, seconds: float) -> float | Non
     return (last - first) / seconds
 
 
-def linear_slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (t, value) points; None with fewer than 3 points."""
+@dataclass(frozen=True)
+class LinearFit:
+    slope: float
+    intercept: float
+    r2: float          # share of the variance the line explains: ~1 steady growth, ~0 noise
+
+
+def linear_fit(points: list[tuple[float, float]]) -> LinearFit | None:
+    """Least-squares line through (t, value) points; None with fewer than 3 points."""
     if len(points) < 3:
         return None
     n = len(points)
@@ -47,7 +54,16 @@ def linear_slope(points: list[tuple[float, float]]) -> float | None:
     var_t = sum((t - mean_t) ** 2 for t, _ in points)
     if var_t == 0:
         return None
-    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var_t
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in points) / var_t
+    var_v = sum((v - mean_v) ** 2 for _, v in points)
+    # A flat series is explained perfectly by a flat line.
+    r2 = 1.0 if var_v == 0 else min(1.0, slope * slope * var_t / var_v)
+    return LinearFit(slope, mean_v - slope * mean_t, r2)
+
+
+def linear_slope(points: list[tuple[float, float]]) -> float | None:
+    fit = linear_fit(points)
+    return None if fit is None else fit.slope
 
 
 def stddev(values: list[float]) -> float | None:

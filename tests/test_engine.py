@@ -190,7 +190,7 @@ MALFORMED = [
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
      "{feature: cpu_cores, op: '>', value: 1, window: 10 seconds}}\n", "is not a duration"),
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, hints: {kserve: x}, when: "
-     "{feature: cpu_cores, op: '>', value: 1}}\n", "unknown engine 'kserve'"),
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "unknown engine or runtime 'kserve'"),
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
      "{all: [], any: []}}\n", "a group has exactly one key"),
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: {all: []}}\n",
