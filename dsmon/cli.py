@@ -404,7 +404,7 @@ def rules_list(rule_paths):
 @click.option("--rules", "rule_paths", multiple=True, envvar="DSMON_RULES", type=click.Path())
 def rules_explain(rule_id, rule_paths):
     """Show one rule: what it detects, its conditions, hysteresis, and its hints."""
-    from dsmon.engine.features import FEATURES
+    from dsmon.features import FEATURES
     from dsmon.engine.rules import Leaf
 
     by_id = {rule.id: rule for rule in _load_or_exit(rule_paths)}
@@ -437,7 +437,7 @@ def rules_explain(rule_id, rule_paths):
 @rules.command("features")
 def rules_features():
     """List the features rules can use, with units."""
-    from dsmon.engine.features import CONTEXT_FIELDS, FEATURES
+    from dsmon.features import CONTEXT_FIELDS, FEATURES
     for name, feature in FEATURES.items():
         click.echo(f"{name:<36} {feature.unit:<17} {feature.help}")
     click.echo("template-only values: " + ", ".join(CONTEXT_FIELDS))

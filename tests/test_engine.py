@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from dsmon.engine.evaluate import Engine, aggregate
-from dsmon.engine.features import FeatureStore
+from dsmon.features import FeatureStore
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import RuleLoadError, load_rules, parse_rule_text
 from dsmon.sampler import TargetSampler
@@ -354,7 +354,7 @@ def _drive_gpu(memory_series, utilisation=0.9, thread_cores=0.3, total=80 * 2**3
     """One sample a second through the feature's arithmetic: slope over the last
     GPU_GROWTH_WINDOW_S, time to full from the fullest GPU's free memory."""
     from dsmon.analysis import linear_slope
-    from dsmon.engine.features import GPU_GROWTH_WINDOW_S
+    from dsmon.features.catalogue import GPU_GROWTH_WINDOW_S
     engine = Engine(_gpu_rules())
     store = FeatureStore(60)
     history = []

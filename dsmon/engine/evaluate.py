@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dsmon.analysis import linear_fit, stddev
-from dsmon.engine.features import CONTEXT_FIELDS, FEATURES, FeatureStore
+from dsmon.features import CONTEXT_FIELDS, FEATURES, FeatureStore
 from dsmon.engine.format import format_value
 from dsmon.engine.rules import (SEVERITY_RANK, Leaf, Rule, RuleTemplate, inhibited_by,
                                 split_placeholder, template_fields)

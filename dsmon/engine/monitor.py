@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from dsmon.engine.engines import detect_engine, torch_loaded
 from dsmon.sources import SourceError, read_bytes
 from dsmon.engine.evaluate import Engine, Finding
-from dsmon.engine.features import FeatureExtractor, FeatureStore
+from dsmon.features import FeatureExtractor, FeatureStore
 from dsmon.engine.rules import SEVERITY_RANK, Rule
 
 # Feature history is kept a little longer than the longest rule window.

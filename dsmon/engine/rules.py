@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from dsmon.engine.features import CONTEXT_FIELDS, FEATURES
+from dsmon.features import CONTEXT_FIELDS, FEATURES
 
 AGGREGATIONS = ("last", "min", "max", "avg", "stddev", "rate", "delta", "slope", "fit_r2",
                 "count")
