@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsmon.engine.engines import detect_engine, torch_loaded
+from dsmon.engine.engines import detect_engine, thread_pool_runtimes
 from dsmon.sources import SourceError, read_bytes
 from dsmon.engine.evaluate import Engine, Finding
 from dsmon.features import FeatureExtractor, FeatureStore
@@ -35,20 +35,23 @@ class RuleMonitor:
     def __post_init__(self):
         identity = self.static.identity
         self.extractor = FeatureExtractor(self.static)
+        runtimes = self._runtimes()
+        self.extractor.set_runtimes(runtimes)
         self.extractor.context["engine"] = detect_engine(
-            identity.cmdline, identity.exe, identity.comm, self._torch_loaded())
+            identity.cmdline, identity.exe, identity.comm, "torch" in runtimes)
         retention = max((rule.longest_window_s for rule in self.rules), default=0.0)
         self.store = FeatureStore(retention + RETENTION_MARGIN_S)
         self.engine = Engine(self.rules)
 
-    def _torch_loaded(self) -> bool:
+    def _runtimes(self) -> set[str] | None:
         paths = getattr(self.static, "paths", None)
         if paths is None:
-            return False
+            return None
         try:
-            return torch_loaded(read_bytes(paths.pid(self.static.identity.pid, "maps"), True))
+            return thread_pool_runtimes(read_bytes(paths.pid(self.static.identity.pid, "maps"),
+                                                   True))
         except SourceError:
-            return False
+            return None
 
     def follow_gpu_locality(self, gpu_snapshot, topology) -> None:
         """Tell the features which CPUs are local to the GPUs this target uses."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from dsmon.analysis import (configured_threads, effective_cpus, linear_slope, recommended_threads,
+from dsmon.analysis import (configured_threads, effective_cpus, linear_fit, linear_slope,
+                            recommended_threads,
                             usable_physical_cores)
 
 BUSY_CORES = 0.10          # a thread using this share of a CPU in an interval is busy
 ACTIVE_CORES = 0.03        # ... and this share is active (e.g. takes turns on the GIL)
-GROWTH_WINDOW_S = 60.0     # memory growth slope is fitted over this much history
+# Memory growth is fitted over this much history: long enough that a projection to the limit
+# rests on sustained growth, short enough to follow a leak that starts mid-run.
+GROWTH_WINDOW_S = 120.0
 # GPU memory: a short fit, so an engine's one-off pre-allocation at start (vLLM takes ~90% in
 # seconds) leaves the slope within seconds; the rules then ask for 10 s of sustained growth.
 GPU_GROWTH_WINDOW_S = 5.0
@@ -57,6 +60,10 @@ FEATURES: dict[str, Feature] = {
     "configured_threads": Feature("count", "largest thread count set by OMP/MKL/OPENBLAS/... variables"),
     "recommended_threads": Feature("count", "85% of the usable physical cores"),
     "python_target": Feature("flag", "1 when the target is a Python interpreter"),
+    "torch_loaded": Feature("flag", "1 when libtorch is mapped into the target"),
+    "blas_loaded": Feature("flag", "1 when a BLAS library with its own thread pool (OpenBLAS, "
+                           "MKL, BLIS) is mapped"),
+    "openmp_loaded": Feature("flag", "1 when an OpenMP runtime (libgomp, libiomp) is mapped"),
     "python_gil_held_ratio": Feature("ratio", "share of py-spy samples in which some thread "
                                      "held the GIL (absent without py-spy samples)"),
     "python_active_threads": Feature("count", "Python threads py-spy saw running, average "
@@ -67,6 +74,8 @@ FEATURES: dict[str, Feature] = {
                                 "the interval"),
     "host_iowait_ratio": Feature("ratio", "share of host CPU time idle waiting for I/O"),
     "host_cpu_busy_ratio": Feature("ratio", "share of host CPU time busy"),
+    "usable_cpus_busy_ratio": Feature("ratio", "share of time the CPUs the target may use "
+                                      "(affinity, cpuset) were busy, with any process"),
     # Memory
     "rss_bytes": Feature("bytes", "resident memory of the target"),
     "working_set_bytes": Feature("bytes", "cgroup usage minus inactive page cache (the kubelet's working set), or RSS without a cgroup"),
@@ -76,7 +85,11 @@ FEATURES: dict[str, Feature] = {
     "memory_limit_ratio": Feature("ratio", "unreclaimable memory / cgroup limit, at the level that sets it"),
     "cgroup_usage_ratio": Feature("ratio", "cgroup usage including page cache / limit"),
     "page_cache_bytes": Feature("bytes", "file pages charged to the cgroup (reclaimable)"),
-    "memory_growth_bytes_per_second": Feature("bytes_per_second", "slope of the unreclaimable memory"),
+    "memory_growth_bytes_per_second": Feature("bytes_per_second", "least-squares slope of the "
+                                              f"unreclaimable memory over up to {GROWTH_WINDOW_S:.0f} s"),
+    "memory_growth_fit_r2": Feature("ratio", "how well a straight line explains the "
+                                    "unreclaimable memory over that span (1 steady, 0 noise)"),
+    "memory_growth_span_seconds": Feature("seconds", "time the growth fit covers"),
     "seconds_to_memory_limit": Feature("seconds", "headroom / growth (absent when not growing)"),
     "oom_kills": Feature("count", "OOM kills in the target's cgroup (counter)"),
     "host_oom_kills": Feature("count", "OOM kills on the host (counter, /proc/vmstat)"),
@@ -118,7 +131,7 @@ FEATURES: dict[str, Feature] = {
 }
 
 # String values a template may use besides features (set once per target).
-CONTEXT_FIELDS = ("target", "pid", "comm", "engine", "limit_kind", "numa_memory_node",
+CONTEXT_FIELDS = ("target", "pid", "comm", "engine", "thread_pool_runtime", "limit_kind", "numa_memory_node",
                   "numa_cpu_node", "fs_wait_channel", "configured_variable", "blocked_channel",
                   "half_of_rss", "three_quarters_of_rss", "gpu_numa_node")
 
@@ -133,6 +146,19 @@ def _delta_rate(before, after, seconds):
     if before is None or after is None or seconds <= 0 or after < before:
         return None
     return (after - before) / seconds
+
+
+def _busy_share(before, now, cpus) -> float | None:
+    """Busy share of the given CPUs between two /proc/stat readings (idle and iowait are
+    idle time; steal counts as busy, since the target cannot run then either)."""
+    busy = total = 0.0
+    for cpu in cpus:
+        if cpu not in before.per_cpu or cpu not in now.per_cpu:
+            continue
+        deltas = [max(0.0, a - b) for a, b in zip(now.per_cpu[cpu], before.per_cpu[cpu])]
+        total += sum(deltas)
+        busy += sum(deltas) - deltas[3] - deltas[4]
+    return busy / total if total > 0 else None
 
 
 class FeatureExtractor:
@@ -153,6 +179,7 @@ class FeatureExtractor:
         exe = (static.identity.exe or "") + " " + " ".join(static.identity.cmdline[:1])
         self.python = "python" in exe.rsplit("/", 1)[-1] or "python" in static.identity.comm
         self._previous = None
+        self._runtimes: set[str] | None = None
         self._growth: deque[tuple[float, float]] = deque()
         self._gpu_growth: deque[tuple[float, float]] = deque()
         self._gpu_local_cpus: set[int] | None = None
@@ -161,6 +188,14 @@ class FeatureExtractor:
             if static.numa_start.ok else None
         self._cpu_by_node: dict[int, float] = {}
         self._switches: dict[tuple[int, int], tuple[float, int, int]] = {}
+
+    def set_runtimes(self, runtimes: set[str] | None) -> None:
+        """The thread-pool runtimes mapped into the target (None: maps unreadable)."""
+        self._runtimes = runtimes
+        if runtimes:
+            # The runtime whose knob a plain Python process's hint names.
+            self.context["thread_pool_runtime"] = "blas" if "blas" in runtimes else \
+                "openmp" if "openmp" in runtimes else ""
 
     def set_gpu_locality(self, cpus, nodes) -> None:
         """The CPUs (and NUMA nodes) local to the GPUs the target uses, from NVML affinity."""
@@ -194,6 +229,9 @@ class FeatureExtractor:
             "recommended_threads": recommended_threads(usable_physical_cores(
                 physical, effective["capacity_cores"], effective["count"])),
             "python_target": 1.0 if self.python else 0.0,
+            **({} if self._runtimes is None else {
+                f"{name}_loaded": 1.0 if name in self._runtimes else 0.0
+                for name in ("torch", "blas", "openmp")}),
             "rss_bytes": process.rss_bytes,
             "numa_nodes": len(topology.nodes) if topology and topology.nodes else 1,
         })
@@ -262,11 +300,14 @@ class FeatureExtractor:
             self._growth.append((tick.mono_ts, float(unreclaimable)))
             while self._growth and tick.mono_ts - self._growth[0][0] > GROWTH_WINDOW_S:
                 self._growth.popleft()
-            slope = linear_slope(list(self._growth))
-            values["memory_growth_bytes_per_second"] = slope
-            headroom = values["memory_headroom_bytes"]
-            if slope is not None and slope > 0 and headroom is not None:
-                values["seconds_to_memory_limit"] = headroom / slope
+            fit = linear_fit(list(self._growth))
+            if fit is not None:
+                values["memory_growth_bytes_per_second"] = fit.slope
+                values["memory_growth_fit_r2"] = fit.r2
+                values["memory_growth_span_seconds"] = self._growth[-1][0] - self._growth[0][0]
+                headroom = values["memory_headroom_bytes"]
+                if fit.slope > 0 and headroom is not None:
+                    values["seconds_to_memory_limit"] = headroom / fit.slope
 
     def _gpu(self, values, tick) -> None:
         snapshot = tick.data("gpu")
@@ -334,6 +375,8 @@ class FeatureExtractor:
             if total > 0:
                 values["host_iowait_ratio"] = deltas[4] / total
                 values["host_cpu_busy_ratio"] = 1 - (deltas[3] + deltas[4]) / total
+            values["usable_cpus_busy_ratio"] = _busy_share(cpu_before, cpu_now,
+                                                           effective["cpus"])
         sweep_before = previous.data("threads")
         if sweep and sweep_before:
             self._thread_rates(values, sweep_before, sweep, span)
