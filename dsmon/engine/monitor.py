@@ -38,7 +38,7 @@ class RuleMonitor:
         runtimes = self._runtimes()
         self.extractor.set_runtimes(runtimes)
         self.extractor.context["engine"] = detect_engine(
-            identity.cmdline, identity.exe, identity.comm, "torch" in runtimes)
+            identity.cmdline, identity.exe, identity.comm, "torch" in (runtimes or ()))
         retention = max((rule.longest_window_s for rule in self.rules), default=0.0)
         self.store = FeatureStore(retention + RETENTION_MARGIN_S)
         self.engine = Engine(self.rules)

@@ -100,14 +100,17 @@ class Rule:
     inhibits: tuple[str, ...] = ()
 
     def hint_for(self, engine: str, runtime: str = "") -> str:
-        """The engine's own hint; for a plain Python process, its thread-pool runtime's
-        (`blas`, `openmp`); else the generic hint. Torch advice is keyed `pytorch`, which the
-        engine detector reports only when libtorch is mapped."""
-        if engine in self.hints:
-            return self.hints[engine]
-        if engine in ("python", "pytorch", "") and runtime in self.hints:
-            return self.hints[runtime]
-        return self.hint
+        """The engine's own hint (torch advice is keyed `pytorch`, which the engine detector
+        reports only when libtorch is mapped); for a plain Python process, the hint of the
+        thread-pool runtime it has mapped (`blas`, `openmp`) before the `python` one, since
+        that runtime's knob is what sizes its threads; else the generic hint."""
+        if engine == "python" or not engine:
+            order = [runtime, engine]
+        elif engine == "pytorch":
+            order = [engine, runtime]
+        else:
+            order = [engine]
+        return next((self.hints[key] for key in order if key and key in self.hints), self.hint)
 
     def leaves(self):
         def walk(node):
