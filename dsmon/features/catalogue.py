@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from dsmon.features.gpu_health import GPU_HEALTH_CONTEXT, GPU_HEALTH_FEATURES
 from dsmon.analysis import (configured_threads, effective_cpus, linear_fit, linear_slope,
                             recommended_threads,
                             usable_physical_cores)
@@ -128,12 +129,15 @@ FEATURES: dict[str, Feature] = {
     "numa_local_ratio": Feature("ratio", "overlap of memory per node and CPU time per node"),
     "numa_memory_nodes": Feature("count", "nodes holding at least 10% of the target's memory"),
     "numa_cpu_nodes": Feature("count", "nodes where the target's threads ran (>= 10% of CPU)"),
+    # The host's GPU health (subject: host rules; dsmon/features/gpu_health.py)
+    **{name: Feature(unit, text) for name, (unit, text) in GPU_HEALTH_FEATURES.items()},
 }
 
 # String values a template may use besides features (set once per target).
 CONTEXT_FIELDS = ("target", "pid", "comm", "engine", "thread_pool_runtime", "limit_kind", "numa_memory_node",
                   "numa_cpu_node", "fs_wait_channel", "configured_variable", "blocked_channel",
-                  "half_of_rss", "three_quarters_of_rss", "gpu_numa_node")
+                  "half_of_rss", "three_quarters_of_rss", "gpu_numa_node",
+                  *GPU_HEALTH_CONTEXT)
 
 
 def _ratio(numerator, denominator):
