@@ -395,7 +395,7 @@ def _load_or_exit(paths):
 def rules_list(rule_paths):
     """List the rules in effect: id, severity, for, and what each detects."""
     for rule in _load_or_exit(rule_paths):
-        click.echo(f"{rule.id:<30} {rule.severity:<8} for {rule.for_s:>4g}s  "
+        click.echo(f"{rule.id:<30} {rule.severity:<8} {rule.subject:<6} for {rule.for_s:>4g}s  "
                    f"{rule.description.splitlines()[0] if rule.description else rule.summary[:60]}")
 
 
@@ -405,9 +405,10 @@ def rules_list(rule_paths):
 def rules_explain(rule_id, rule_paths):
     """Show one rule: what it detects, its conditions, hysteresis, and its hints."""
     from dsmon.features import FEATURES
-    from dsmon.engine.rules import Leaf
+    from dsmon.engine.rules import Leaf, inhibited_by
 
-    by_id = {rule.id: rule for rule in _load_or_exit(rule_paths)}
+    loaded = _load_or_exit(rule_paths)
+    by_id = {rule.id: rule for rule in loaded}
     rule = by_id.get(rule_id)
     if rule is None:
         click.echo(f"dsmon: no rule {rule_id!r}; `dsmon rules list` shows them", err=True)
@@ -415,7 +416,12 @@ def rules_explain(rule_id, rule_paths):
     click.echo(f"{rule.id} ({rule.severity}) from {rule.source}")
     click.echo(f"  {rule.description}")
     click.echo(f"  fires after the condition holds for {rule.for_s:g}s; stays firing "
-               f"{rule.keep_firing_for_s:g}s after it clears")
+               f"{rule.keep_firing_for_s:g}s after it clears; subject: {rule.subject}")
+    if rule.inhibits:
+        click.echo(f"  explains away (inhibits): {', '.join(rule.inhibits)}")
+    inhibitors = inhibited_by(loaded).get(rule.id)
+    if inhibitors:
+        click.echo(f"  does not fire while these hold (inhibited by): {', '.join(inhibitors)}")
 
     def show(node, depth):
         pad = "  " * depth

@@ -51,6 +51,9 @@ FEATURES: dict[str, Feature] = {
                                            "was throttled"),
     "runnable_waiting_ratio": Feature("ratio", "run-queue wait / (run + wait) of all threads"),
     "run_queue_wait_seconds_per_second": Feature("seconds", "run-queue wait of all threads per second"),
+    "runnable_threads": Feature("count", "threads running or waiting for a CPU, on average "
+                                "(schedstat run + wait time per second: the CPUs the target "
+                                "asks for)"),
     "voluntary_switches_per_second": Feature("per_second", "voluntary context switches, all threads"),
     "involuntary_switches_per_second": Feature("per_second", "involuntary context switches, all threads"),
     "threads": Feature("count", "threads of the target"),
@@ -440,6 +443,7 @@ class FeatureExtractor:
         if have_schedstat:
             values["runnable_waiting_ratio"] = _ratio(wait, run + wait)
             values["run_queue_wait_seconds_per_second"] = wait / 1e9 / span
+            values["runnable_threads"] = (run + wait) / 1e9 / span
         for node, cores in by_node.items():
             self._cpu_by_node[node] = self._cpu_by_node.get(node, 0.0) * 0.8 + cores
         self._numa(values)
