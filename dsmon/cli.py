@@ -289,7 +289,7 @@ def topo(pid, nvml_replay, paths):
     """The GPU topology (`nvidia-smi topo -m`'s picture) and, with PID, where the process's
     threads run against the CPUs local to its GPUs."""
     from dsmon.diagnose import EXIT_NO_TARGET
-    from dsmon.gpu.topology import topo_command
+    from dsmon.gpu.topo import topo_command
     from dsmon.sources import Gone
 
     try:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dsmon import __version__
-from dsmon.analysis import analyse
 from dsmon.engine.monitor import HostRuleMonitor, RuleMonitor
 from dsmon.engine.rules import SEVERITY_RANK, load_rules
 from dsmon.engine_metrics import EngineFollower
@@ -17,6 +16,7 @@ from dsmon.model import Batch, Status, run_collector
 from dsmon.model_size import report_note as model_size_note
 from dsmon.observations import observe
 from dsmon.paths import HostPaths
+from dsmon.report.sections import TIMELINE_FEATURES, analyse
 from dsmon.sampler import TargetSampler, Tick
 from dsmon.stacks.evidence import stack_evidence
 from dsmon.stacks.profile import NamespaceTids, StackProfile
@@ -24,14 +24,6 @@ from dsmon.stacks.pyspy import PySpy
 from dsmon.stacks.sampler import DEFAULT_PERIOD_S, StackSampler
 
 SCHEMA_VERSION = 1
-
-# Feature series copied into the report's per-interval timeline (for charts).
-TIMELINE_FEATURES = ("cpu_cores", "cpu_utilisation_ratio", "runnable_waiting_ratio",
-                     "run_queue_wait_seconds_per_second", "busy_threads", "running_threads",
-                     "d_state_threads", "rss_bytes", "working_set_bytes", "memory_headroom_bytes",
-                     "read_bytes_per_second", "write_bytes_per_second", "rchar_per_second",
-                     "cpu_throttled_ratio", "involuntary_switches_per_second",
-                     "psi_cpu_some_ratio", "psi_memory_some_ratio", "psi_io_some_ratio")
 
 # Exit codes, documented in the README.
 EXIT_OK = 0
@@ -155,13 +147,10 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         if stacks is not None:
             stacks.stop()
         sampler.close()
-    body = analyse(static, ticks, numa_end)
-    for entry in body["timeline"]:
-        features = monitor.history.get(entry.pop("mono_ts"), {})
-        entry.update({name: features.get(name) for name in TIMELINE_FEATURES})
+    body = analyse(static, ticks, numa_end, monitor.history)
     live = [t for t in ticks if t.data("process") is not None]
     elapsed = live[-1].mono_ts - live[0].mono_ts if len(live) > 1 else 0.0
-    batches = [static.topology, static.environment, static.numa_start]
+    batches = [static.topology, static.environment, static.numa_start, static.runtimes]
     batches += [b for t in ticks for b in t.batches.values() if b.collector != "gpu"]
     batches += gpu_batches
     if numa_end is not None:

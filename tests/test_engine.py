@@ -353,8 +353,8 @@ def _gpu_rules():
 def _drive_gpu(memory_series, utilisation=0.9, thread_cores=0.3, total=80 * 2**30):
     """One sample a second through the feature's arithmetic: slope over the last
     GPU_GROWTH_WINDOW_S, time to full from the fullest GPU's free memory."""
-    from dsmon.analysis import linear_slope
-    from dsmon.features.catalogue import GPU_GROWTH_WINDOW_S
+    from dsmon.features.series import linear_slope
+    from dsmon.features.gpu import GPU_GROWTH_WINDOW_S
     engine = Engine(_gpu_rules())
     store = FeatureStore(60)
     history = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsmon.analysis import effective_cpus
+from dsmon.features.placement import effective_cpus
 from dsmon.collectors.cgroup import CgroupCollector, resolve_layout
 from dsmon.collectors.cpu import CpuCollector
 from dsmon.collectors.memory import MemoryCollector

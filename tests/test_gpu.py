@@ -34,8 +34,8 @@ from dsmon.gpu.topology import (
     parse_nvidia_smi_topo,
     read_topology,
     render,
-    topo_command,
 )
+from dsmon.gpu.topo import topo_command
 from dsmon.model import Status, run_collector
 from dsmon.paths import HostPaths
 

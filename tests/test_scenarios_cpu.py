@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pytest
 
-from dsmon.analysis import THREADS_PER_PHYSICAL_CORE
+from dsmon.features.placement import THREADS_PER_PHYSICAL_CORE
 from dsmon.engine.rules import load_rules
 from tests.helpers.cgroups import rmdir_when_empty
 from tests.helpers.spawn import REPO, WORKLOAD

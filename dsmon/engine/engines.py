@@ -29,19 +29,3 @@ def detect_engine(cmdline: list[str], exe: str | None, comm: str,
         return "pytorch" if torch_loaded else "python"
     return ""
 
-
-def torch_loaded(maps: bytes) -> bool:
-    """Whether a process's /proc/<pid>/maps shows libtorch."""
-    return b"libtorch" in maps
-
-
-# Thread-pool runtimes by the libraries that carry them (numpy wheels bundle
-# libopenblas64_p-*.so or libscipy_openblas*; conda's numpy links MKL).
-_RUNTIME_MARKERS = (("torch", (b"libtorch",)),
-                    ("blas", (b"libopenblas", b"openblas", b"libmkl_", b"libblis")),
-                    ("openmp", (b"libgomp", b"libiomp", b"libomp.so")))
-
-
-def thread_pool_runtimes(maps: bytes) -> set[str]:
-    """Which thread-pool runtimes a process has mapped: torch, blas, openmp."""
-    return {name for name, markers in _RUNTIME_MARKERS if any(m in maps for m in markers)}

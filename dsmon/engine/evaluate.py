@@ -6,14 +6,16 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsmon.analysis import linear_fit, stddev
+from dsmon.features.series import fit_line, stddev
 from dsmon.features import CONTEXT_FIELDS, FEATURES, FeatureStore
-from dsmon.engine.format import format_value
+from dsmon.units import format_value
 from dsmon.engine.rules import (SEVERITY_RANK, Leaf, Rule, RuleTemplate, inhibited_by,
                                 split_placeholder, template_fields)
 
 
 HISTORY_LIMIT = 1000
+# The hint key of the thread-pool library a plain Python process has loaded.
+HINT_RUNTIME = {"MKL": "blas", "OpenBLAS": "blas", "OpenMP": "openmp"}
 
 
 def aggregate(agg: str, points: list[tuple[float, float]]) -> float | None:
@@ -41,10 +43,10 @@ def aggregate(agg: str, points: list[tuple[float, float]]) -> float | None:
         span = points[-1][0] - points[0][0]
         return delta / span if span > 0 else None
     if agg in ("slope", "fit_r2"):
-        fit = linear_fit(points)
+        fit = fit_line(points)
         if fit is None:
             return None
-        return fit.slope if agg == "slope" else fit.r2
+        return fit.slope if agg == "slope" else fit.r_squared
     raise ValueError(agg)
 
 
@@ -246,7 +248,7 @@ class Engine:
         explaining = {rule_id for rule_id, (met, _) in verdicts.items() if met} | \
             {rule_id for rule_id, finding in self.active.items() if finding.state == "firing"}
         engine = context.get("engine", "")
-        runtime = context.get("thread_pool_runtime", "")
+        runtime = HINT_RUNTIME.get(context.get("thread_pool_library", ""), "")
         for rule in self.rules:
             met, evidence = verdicts[rule.id]
             finding = self.active.get(rule.id)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsmon.engine.engines import detect_engine, thread_pool_runtimes
-from dsmon.sources import SourceError, read_bytes
+from dsmon.engine.engines import detect_engine
 from dsmon.engine.evaluate import Engine, Finding
 from dsmon.features import FeatureExtractor, FeatureStore
 from dsmon.features.gpu_health import GpuHealthFeatures
@@ -37,23 +36,16 @@ class RuleMonitor:
         self.rules = [rule for rule in self.rules if rule.subject == "target"]
         identity = self.static.identity
         self.extractor = FeatureExtractor(self.static)
-        runtimes = self._runtimes()
-        self.extractor.set_runtimes(runtimes)
         self.extractor.context["engine"] = detect_engine(
-            identity.cmdline, identity.exe, identity.comm, "torch" in (runtimes or ()))
+            identity.cmdline, identity.exe, identity.comm, self._torch_loaded())
         retention = max((rule.longest_window_s for rule in self.rules), default=0.0)
         self.store = FeatureStore(retention + RETENTION_MARGIN_S)
         self.engine = Engine(self.rules)
 
-    def _runtimes(self) -> set[str] | None:
-        paths = getattr(self.static, "paths", None)
-        if paths is None:
-            return None
-        try:
-            return thread_pool_runtimes(read_bytes(paths.pid(self.static.identity.pid, "maps"),
-                                                   True))
-        except SourceError:
-            return None
+    def _torch_loaded(self) -> bool:
+        """From the static facts (dsmon.collectors.runtimes); the engine reads no host file."""
+        batch = getattr(self.static, "runtimes", None)
+        return batch is not None and batch.ok and batch.data.torch
 
     def follow_gpu_locality(self, gpu_snapshot, topology) -> None:
         """Tell the features which CPUs are local to the GPUs this target uses."""

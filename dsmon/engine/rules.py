@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from dsmon.features import CONTEXT_FIELDS, FEATURES
+from dsmon.units import parse_duration
 
 AGGREGATIONS = ("last", "min", "max", "avg", "stddev", "rate", "delta", "slope", "fit_r2",
                 "count")
@@ -28,8 +29,6 @@ RUNTIMES = ("blas", "openmp")
 HINT_KEYS = ENGINES + RUNTIMES
 SUBJECTS = ("target", "host")
 RULE_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Enough points for each aggregation to mean something.
 MIN_POINTS = {"last": 1, "min": 1, "max": 1, "avg": 1, "count": 0, "stddev": 3, "rate": 2,
               "delta": 2, "slope": 3, "fit_r2": 3}
@@ -124,17 +123,6 @@ class Rule:
     @property
     def longest_window_s(self) -> float:
         return max((leaf.window_s for leaf in self.leaves()), default=0.0)
-
-
-def parse_duration(value, where: str, problems: list[str]) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    problems.append(f"{where}: {value!r} is not a duration (use e.g. 30s, 2m, 500ms)")
-    return None
 
 
 class RuleTemplate(string.Template):

@@ -12,7 +12,8 @@ Modules
 - ``dsmon.gpu.sample``: ``GpuCollector`` and the data types.
 - ``dsmon.gpu.processes``: mapping the target (and its children) to NVML's process lists
   through NSpid; ``TargetGpuUsage``.
-- ``dsmon.gpu.topology``: link matrix, CPU/NUMA affinity, ``topo_command``.
+- ``dsmon.gpu.topology``: link matrix, CPU/NUMA affinity, thread placement;
+  ``dsmon.gpu.topo``: ``topo_command``.
 - ``dsmon.gpu.recording``: converters that made the fixtures (nvml-dump, nvidia-smi -q/topo,
   the derived 8-GPU two-node host).
 
@@ -88,8 +89,8 @@ from dsmon.gpu.topology import (
                               compare_with_nvidia_smi,
                               read_topology,
                               render,
-                              topo_command,
 )
+from dsmon.gpu.topo import topo_command
 
 __all__ = [
                               "GpuCollector",

@@ -39,6 +39,7 @@ from dsmon.gpu.processes import (
     attribute,
     gather_facts,
 )
+from dsmon.gpu.topology import read_topology
 from dsmon.paths import HostPaths
 from dsmon.sources import Gone, SourceError
 
@@ -395,7 +396,6 @@ class GpuCollector:
                 continue
             state.slow_at = now
         if self.read_topology and self.topology is None:
-            from dsmon.gpu.topology import read_topology
             self.topology = read_topology(self.nvml, self.paths, count=self._count)
         self._refresh_facts()
         return time.perf_counter() - started
