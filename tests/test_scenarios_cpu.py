@@ -345,8 +345,8 @@ def test_torch_oversubscribed_next_to_switching_hogs(request):
     assert report["target"]["thread_settings"]["recommended_threads"] == recommended
 
     over = assert_fires(report, "thread-oversubscription", "torch x8 + hogs", request)
-    busy = evidence(over, "busy_threads")
-    assert busy["met"] and busy["value"] > physical, over["evidence_all"]
+    runnable = evidence(over, "runnable_threads")
+    assert runnable["met"] and runnable["value"] > physical, over["evidence_all"]
     assert evidence(over, "runnable_waiting_ratio")["value"] >= 0.5, over["evidence_all"]
     proposed = thread_counts_in(over["hint"])
     assert proposed and set(proposed) <= {1, 2} and recommended in proposed, over["hint"]
