@@ -207,3 +207,29 @@ def test_unreadable_maps_leave_the_flags_absent(fake_host):
         finally:
             sampler.close()
     assert values["torch_loaded"] is None and values["blas_loaded"] is None
+
+
+# ------------------------------------------------------------------------------ fixture trees
+
+
+def test_growth_fit_and_host_run_queue_on_a_fixture_tree(fake_host):
+    """Anonymous memory growing 1 MiB per second fits a line (r^2 ~1, the slope exact); 24
+    runnable tasks on 16 CPUs is a run queue of 1.5 per CPU."""
+    fake_host.add_smt_host()                     # 16 CPUs
+    fake_host.set_hostname()
+    fake_host.set_meminfo(MemTotal=64 * 2**20, MemFree=32 * 2**20, MemAvailable=40 * 2**20)
+    fake_host.set_proc_stat({cpu: (100, 0, 50, 1000) for cpu in range(16)}, running=24)
+    fake_host.add_process(900, cpus_allowed=range(16))
+    sampler = TargetSampler(fake_host.paths, 900)
+    extractor = FeatureExtractor(sampler.static())
+    for second in range(6):
+        fake_host.add_process(900, cpus_allowed=range(16),
+                              status={"rss_anon_kb": 1_500_000 + 1024 * second})
+        tick = sampler.tick()
+        tick.mono_ts = float(second)
+        values = extractor.update(tick)
+    sampler.close()
+    assert values["memory_growth_bytes_per_second"] == pytest.approx(2**20)
+    assert values["memory_growth_fit_ratio"] == pytest.approx(1.0)
+    assert values["memory_growth_window_seconds"] == 5.0
+    assert values["host_run_queue_ratio"] == 24 / 16

@@ -141,6 +141,11 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
             ("seconds_to_memory_limit", "dsmon_process_memory_limit_eta_seconds",
              "Time until the limit at the current growth (absent when not growing).")):
         out.gauge(name, help_text, features.last(feature), target=label)
+    for runtime_name in ("torch", "blas", "openmp"):
+        out.gauge("dsmon_process_runtime_loaded", "1 when the native runtime is mapped into the "
+                  "target (/proc/PID/maps, re-read every minute): torch, blas (OpenBLAS, MKL, "
+                  "numpy), openmp (libgomp, libiomp).", features.last(f"{runtime_name}_loaded"),
+                  target=label, runtime=runtime_name)
     cgroup = tick.data("cgroup")
     if cgroup is not None:
         out.counter("dsmon_process_oom_kills", "OOM kills in the target's cgroup.",

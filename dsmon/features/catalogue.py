@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsmon.features.gpu_health import GPU_HEALTH_CONTEXT, GPU_HEALTH_FEATURES
 from dsmon.features.threads import ACTIVE_CORES, BUSY_CORES
 
 
@@ -16,6 +15,29 @@ from dsmon.features.threads import ACTIVE_CORES, BUSY_CORES
 class Feature:
     unit: str          # bytes, seconds, ratio, cores, count, per_second, bytes_per_second, flag
     help: str
+
+# The host's GPU health (subject: host rules; dsmon/features/gpu_health.py derives them):
+# name -> (unit, help).
+GPU_HEALTH_FEATURES: dict[str, tuple[str, str]] = {
+    "gpus_lost": ("count", "GPUs NVML reports as lost (GpuIsLost: off the bus or hung)"),
+    "gpus_missing": ("count", "GPUs seen earlier that NVML no longer lists"),
+    "gpu_ecc_uncorrected_errors": ("count", "uncorrectable ECC errors since the driver loaded, "
+                                   "summed over GPUs"),
+    "gpus_row_remap_failed": ("count", "GPUs whose row remapping failed (no spare rows)"),
+    "gpus_row_remap_pending": ("count", "GPUs with a row remap waiting for a reset"),
+    "gpus_hardware_slowdown": ("count", "GPUs whose clocks the hardware slows down (thermal, "
+                               "power brake, HW slowdown)"),
+    "gpus_power_capped": ("count", "GPUs held back only by their power cap"),
+    "gpus_pcie_degraded": ("count", "GPUs whose PCIe link runs narrower than it can"),
+    "gpus_mig_change_pending": ("count", "GPUs with a MIG mode change waiting for a reset"),
+    "gpu_xid_events": ("count", "XID events seen since dsmon started (counter)"),
+    "gpu_critical_xid_events": ("count", "XID events that need a reset or a drain, since dsmon "
+                                "started (counter)"),
+}
+
+GPU_HEALTH_CONTEXT = ("gpus_lost_list", "gpus_missing_list", "gpu_ecc_list",
+                      "gpu_remap_list", "gpu_slowdown_list", "gpu_power_cap_list",
+                      "gpu_pcie_list", "gpu_mig_list", "gpu_xid_list", "gpu_reset_command")
 
 
 FEATURES: dict[str, Feature] = {
@@ -118,7 +140,6 @@ FEATURES: dict[str, Feature] = {
     "numa_local_ratio": Feature("ratio", "overlap of memory per node and CPU time per node"),
     "numa_memory_nodes": Feature("count", "nodes holding at least 10% of the target's memory"),
     "numa_cpu_nodes": Feature("count", "nodes where the target's threads ran (>= 10% of CPU)"),
-    # The host's GPU health (subject: host rules; dsmon/features/gpu_health.py)
     **{name: Feature(unit, text) for name, (unit, text) in GPU_HEALTH_FEATURES.items()},
 }
 

@@ -8,34 +8,12 @@ field names them ("GPU 3 (H100, 0000:9b:00.0)") for the summary and the hint.
 
 from __future__ import annotations
 
+from dsmon.features.catalogue import GPU_HEALTH_FEATURES
 from dsmon.gpu.sample import SLOWDOWN_REASONS, XID_CRITICAL
 
 # sw_power_cap alone is the board's power budget at work, not the hardware protecting itself.
 POWER_CAP = "sw_power_cap"
 HARDWARE_SLOWDOWNS = tuple(r for r in SLOWDOWN_REASONS if r != POWER_CAP)
-
-# name -> (unit, help); the catalogue makes them Features.
-GPU_HEALTH_FEATURES: dict[str, tuple[str, str]] = {
-    "gpus_lost": ("count", "GPUs NVML reports as lost (GpuIsLost: off the bus or hung)"),
-    "gpus_missing": ("count", "GPUs seen earlier that NVML no longer lists"),
-    "gpu_ecc_uncorrected_errors": ("count", "uncorrectable ECC errors since the driver loaded, "
-                                   "summed over GPUs"),
-    "gpus_row_remap_failed": ("count", "GPUs whose row remapping failed (no spare rows)"),
-    "gpus_row_remap_pending": ("count", "GPUs with a row remap waiting for a reset"),
-    "gpus_hardware_slowdown": ("count", "GPUs whose clocks the hardware slows down (thermal, "
-                               "power brake, HW slowdown)"),
-    "gpus_power_capped": ("count", "GPUs held back only by their power cap"),
-    "gpus_pcie_degraded": ("count", "GPUs whose PCIe link runs narrower than it can"),
-    "gpus_mig_change_pending": ("count", "GPUs with a MIG mode change waiting for a reset"),
-    "gpu_xid_events": ("count", "XID events seen since dsmon started (counter)"),
-    "gpu_critical_xid_events": ("count", "XID events that need a reset or a drain, since dsmon "
-                                "started (counter)"),
-}
-
-GPU_HEALTH_CONTEXT = ("gpus_lost_list", "gpus_missing_list", "gpu_ecc_list",
-                      "gpu_remap_list", "gpu_slowdown_list", "gpu_power_cap_list",
-                      "gpu_pcie_list", "gpu_mig_list", "gpu_xid_list", "gpu_reset_command")
-
 
 class GpuHealthFeatures:
     """Snapshot in, host feature values and context out; keeps the XID counters."""

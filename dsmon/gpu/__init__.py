@@ -9,7 +9,10 @@ Modules
 - ``dsmon.gpu.fake``: ``FakeBackend(recording)`` replays a recording made on a real host
   (``tests/fixtures/gpu/*.json``), with injectable faults (no driver, lost GPU, GPU removed,
   PID-namespace views, XID events).
-- ``dsmon.gpu.sample``: ``GpuCollector`` and the data types.
+- ``dsmon.gpu.poll``: ``NvmlPoller``, which NVML questions are asked when (schedules,
+  demotion, lost GPUs, XID registration).
+- ``dsmon.gpu.sample``: ``GpuCollector`` (the poller, the targets' facts, the snapshot's
+  assembly) and the data types.
 - ``dsmon.gpu.processes``: mapping the target (and its children) to NVML's process lists
   through NSpid; ``TargetGpuUsage``.
 - ``dsmon.gpu.topology``: link matrix, CPU/NUMA affinity, thread placement;
