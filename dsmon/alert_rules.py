@@ -23,7 +23,7 @@ from dsmon.install import shipped_dir
 RULES_FILE = "dsmon-alerts.yml"
 # The base the shipped file carries: a placeholder domain (RFC 2606) to render over.
 DEFAULT_RUNBOOK_BASE = "https://dsmon.example/runbooks/"
-_RUNBOOK_LINE = re.compile(r"^(\s*runbook_url:\s*)(\S+?)(Dsmon[A-Za-z0-9]+\.md)\s*$", re.M)
+_RUNBOOK_LINE = re.compile(r"^(\s*runbook_url:\s*)(\S+?)(Dsmon[A-Za-z0-9]+\.md)[ \t]*$", re.M)
 
 
 class BaseUrlError(ValueError):
