@@ -176,9 +176,16 @@ def install_service(root: Path, executable: Path | None = None, listen: str | No
 
 
 def _write(path: Path, text: str, mode: int, result: Installed) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Through a temporary file beside it, so a reader never sees half a unit; an error names
+    the file meant, not the temporary one."""
     temporary = path.with_name(path.name + ".dsmon-new")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.chmod(mode)
-    temporary.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text, encoding="utf-8")
+        temporary.chmod(mode)
+        temporary.replace(path)
+    except OSError as exc:
+        if temporary.parent.is_dir():
+            temporary.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     result.written.append(path)
