@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dsmon.install import shipped_dir
+from dsmon.shipped import shipped_dir
 
 RULES_FILE = "dsmon-alerts.yml"
 # The base the shipped file carries: a placeholder domain (RFC 2606) to render over.
@@ -32,10 +32,6 @@ class BaseUrlError(ValueError):
 
 def shipped_rules() -> Path:
     return shipped_dir("prometheus", "rules/prometheus") / RULES_FILE
-
-
-def runbook_pages() -> Path:
-    return shipped_dir("runbooks", "docs/runbooks")
 
 
 def check_base_url(base: str) -> str:

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsmon.shipped import shipped_dir
+
 UNIT_NAME = "dsmon.service"
 UNIT_DIR = Path("etc/systemd/system")
 CONFIG_PATH = Path("etc/dsmon/dsmon.toml")
@@ -28,14 +30,6 @@ RUNBOOK_INDEX = "README.md"
 
 class InstallError(Exception):
     """A one-line reason the service cannot be installed, with the fix."""
-
-
-def shipped_dir(package_name: str, checkout: str) -> Path:
-    """A data directory dsmon ships: dsmon/<package_name> when installed from a wheel, the
-    source tree's `checkout` directory when run from a checkout (or an editable install)."""
-    here = Path(__file__).resolve().parent
-    packaged = here / package_name
-    return packaged if packaged.is_dir() else here.parent / checkout
 
 
 def unit_template() -> str:
