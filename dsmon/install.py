@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsmon.agent.config import listen_address
 from dsmon.shipped import shipped_dir
 
 UNIT_NAME = "dsmon.service"
@@ -106,6 +107,17 @@ def parse_networks(values: tuple[str, ...] | list[str]) -> list[str]:
     return networks
 
 
+def _check_listen(listen: str) -> None:
+    """What the agent will accept (dsmon.agent.config's listen_address), refused here rather
+    than at the service's first start."""
+    try:
+        _host, port = listen_address(listen)
+    except ValueError:
+        port = -1
+    if not listen.rpartition(":")[0] or not 0 < port < 65536:
+        raise InstallError(f"--listen {listen!r} must be HOST:PORT (example: 0.0.0.0:9848)")
+
+
 def render_remote_drop_in(networks: list[str]) -> str:
     allow = "\n".join(f"IPAddressAllow={network}" for network in networks)
     return ("# Written by `dsmon install-service --allow-from ...`: the Prometheus servers that\n"
@@ -129,8 +141,8 @@ def install_service(root: Path, executable: Path | None = None, listen: str | No
         raise InstallError(f"--executable {executable}: give an absolute path")
     if not (root / str(executable).lstrip("/")).is_file() and not executable.is_file():
         raise InstallError(f"{executable}: no such file; install dsmon there first")
-    if listen is not None and ":" not in listen:
-        raise InstallError(f"--listen {listen!r} must be HOST:PORT (example: 0.0.0.0:9848)")
+    if listen is not None:
+        _check_listen(listen)
     networks = parse_networks(allow_from)
     documentation = runbook_index()
     result = Installed()
