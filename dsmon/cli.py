@@ -449,5 +449,40 @@ def rules_features():
     click.echo("template-only values: " + ", ".join(CONTEXT_FIELDS))
 
 
+@main.command("install-service")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="install below this directory (an image, a chroot, a test)")
+@click.option("--executable", default=None, type=click.Path(),
+              help="the dsmon command ExecStart= runs (default: this one)")
+@click.option("--listen", default=None, help="HOST:PORT for a new config (default 127.0.0.1:9848)")
+@click.option("--web-config", default=None, help="TLS/basic-auth file for a new config")
+@click.option("--allow-from", multiple=True,
+              help="address or CIDR allowed to scrape (repeatable; writes a unit drop-in)")
+def install_service(root, executable, listen, web_config, allow_from):
+    """Install the systemd unit, a config and the state directory."""
+    from pathlib import Path
+    from dsmon.install import InstallError, install_service as install
+    try:
+        done = install(Path(root), None if executable is None else Path(executable), listen,
+                       web_config, allow_from)
+    except InstallError as exc:
+        click.echo(f"dsmon: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"dsmon: cannot write {exc.filename}: {exc.strerror} (run as root, or "
+                   f"--root DIR)", err=True)
+        sys.exit(2)
+    for path in done.written:
+        click.echo(f"wrote {path}")
+    for path in done.kept:
+        click.echo(f"kept {path} (exists)")
+    for path in done.removed:
+        click.echo(f"removed {path}")
+    for warning in done.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if Path(root).resolve() == Path("/"):
+        click.echo("next: systemctl daemon-reload && systemctl enable --now dsmon")
+
+
 if __name__ == "__main__":
     main()
