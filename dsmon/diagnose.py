@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dsmon import __version__
-from dsmon.engine.monitor import RuleMonitor
-from dsmon.engine.rules import load_rules
+from dsmon.engine.monitor import HostRuleMonitor, RuleMonitor
+from dsmon.engine.rules import SEVERITY_RANK, load_rules
 from dsmon.engine_metrics import EngineFollower
 from dsmon.features.series import fit_line
 from dsmon.gpu.sample import GpuCollector
@@ -111,6 +111,7 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         started_wall = time.time()
         static = sampler.static()
         monitor = RuleMonitor(static, rules)
+        host = HostRuleMonitor(rules)
         gpu = GpuCollector(paths, nvml, targets=[pid])
         gpu_batches: list[Batch] = []
         stacks = _start_stacks(paths, pid, static, options)
@@ -137,6 +138,7 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
             tick.batches["gpu"] = batch
             if batch.ok:
                 monitor.follow_gpu_locality(batch.data, gpu.topology)
+                host.observe_gpu(batch.data, tick.mono_ts, tick.wall_ts)
             monitor.observe(tick)
 
         ticks, end_reason = sample_window(sampler, options, sleep, on_tick)
@@ -179,7 +181,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     report["engine"] = monitor.engine_name or None
     report["python"] = python_section(stacks, paths, options, body["threads"])
     report["findings"] = []
-    for finding in monitor.findings():
+    # The host's findings (GPU health) beside the target's, most severe first.
+    for finding in sorted(monitor.findings() + host.findings(),
+                          key=lambda f: -SEVERITY_RANK[f.severity]):
         entry = finding.as_dict(start)
         if finding.capture == "stack":
             entry["stacks"] = stack_evidence(report["python"], body["threads"])
@@ -187,7 +191,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     report["finding_transitions"] = [
         {"seconds": round(t.mono_ts - start, 3) if start is not None else None,
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
-        for t in monitor.transitions]
+        for t in sorted(list(monitor.transitions) + list(host.transitions),
+                        key=lambda t: t.mono_ts)]
     report["gpu"] = gpu_section(gpu_last, fit_line(
         [(t, v["gpu_memory_bytes"]) for t, v in sorted(monitor.history.items())
          if v.get("gpu_memory_bytes") is not None]))
@@ -196,7 +201,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
                                                       monitor.engine_name, paths)
     if gpu_last.ok and gpu.topology is not None:
         report["gpu"]["topology"] = gpu.topology.to_dict()   # for the HTML report's matrix
-    report["worst_firing_severity"] = monitor.worst_firing()
+    report["worst_firing_severity"] = max(
+        (s for s in (monitor.worst_firing(), host.worst_firing()) if s),
+        key=SEVERITY_RANK.get, default=None)
     report["observations"] = observe(report)
     return report
 

@@ -16,6 +16,29 @@ class Feature:
     unit: str          # bytes, seconds, ratio, cores, count, per_second, bytes_per_second, flag
     help: str
 
+# The host's GPU health (subject: host rules; dsmon/features/gpu_health.py derives them):
+# name -> (unit, help).
+GPU_HEALTH_FEATURES: dict[str, tuple[str, str]] = {
+    "gpus_lost": ("count", "GPUs NVML reports as lost (GpuIsLost: off the bus or hung)"),
+    "gpus_missing": ("count", "GPUs seen earlier that NVML no longer lists"),
+    "gpu_ecc_uncorrected_errors": ("count", "uncorrectable ECC errors since the driver loaded, "
+                                   "summed over GPUs"),
+    "gpus_row_remap_failed": ("count", "GPUs whose row remapping failed (no spare rows)"),
+    "gpus_row_remap_pending": ("count", "GPUs with a row remap waiting for a reset"),
+    "gpus_hardware_slowdown": ("count", "GPUs whose clocks the hardware slows down (thermal, "
+                               "power brake, HW slowdown)"),
+    "gpus_power_capped": ("count", "GPUs held back only by their power cap"),
+    "gpus_pcie_degraded": ("count", "GPUs whose PCIe link runs narrower than it can"),
+    "gpus_mig_change_pending": ("count", "GPUs with a MIG mode change waiting for a reset"),
+    "gpu_xid_events": ("count", "XID events seen since dsmon started (counter)"),
+    "gpu_critical_xid_events": ("count", "XID events that need a reset or a drain, since dsmon "
+                                "started (counter)"),
+}
+
+GPU_HEALTH_CONTEXT = ("gpus_lost_list", "gpus_missing_list", "gpu_ecc_list",
+                      "gpu_remap_list", "gpu_slowdown_list", "gpu_power_cap_list",
+                      "gpu_pcie_list", "gpu_mig_list", "gpu_xid_list", "gpu_reset_command")
+
 
 FEATURES: dict[str, Feature] = {
     # CPU and threads
@@ -30,6 +53,9 @@ FEATURES: dict[str, Feature] = {
                                            "was throttled"),
     "runnable_waiting_ratio": Feature("ratio", "run-queue wait / (run + wait) of all threads"),
     "run_queue_wait_seconds_per_second": Feature("seconds", "run-queue wait of all threads per second"),
+    "runnable_threads": Feature("count", "threads running or waiting for a CPU, on average "
+                                "(schedstat run + wait time per second: the CPUs the target "
+                                "asks for)"),
     "voluntary_switches_per_second": Feature("per_second", "voluntary context switches, all threads"),
     "involuntary_switches_per_second": Feature("per_second", "involuntary context switches, all threads"),
     "threads": Feature("count", "threads of the target"),
@@ -50,6 +76,8 @@ FEATURES: dict[str, Feature] = {
                                 "the interval"),
     "host_iowait_ratio": Feature("ratio", "share of host CPU time idle waiting for I/O"),
     "host_cpu_busy_ratio": Feature("ratio", "share of host CPU time busy"),
+    "usable_cpus_busy_ratio": Feature("ratio", "share of time the CPUs the target may use "
+                                      "(affinity, cpuset) were busy, with any process"),
     "host_run_queue_ratio": Feature("ratio", "runnable tasks on the host (procs_running) per "
                                     "online CPU: 1 when every CPU has one"),
     # Native runtimes mapped into the target (/proc/PID/maps; read at start, then every minute)
@@ -67,11 +95,11 @@ FEATURES: dict[str, Feature] = {
     "page_cache_bytes": Feature("bytes", "file pages charged to the cgroup (reclaimable)"),
     "page_cache_ratio": Feature("ratio", "page cache / cgroup usage"),
     "memory_growth_bytes_per_second": Feature("bytes_per_second", "least-squares slope of the "
-                                              "unreclaimable memory over up to 60 s"),
+                                              "unreclaimable memory over up to 120 s"),
     "memory_growth_fit_ratio": Feature("ratio", "r^2 of that fit: near 1 for steady growth, "
                                        "near 0 for noise"),
     "memory_growth_window_seconds": Feature("seconds", "time the growth fit covers (it grows "
-                                            "to 60 s after start)"),
+                                            "to 120 s after start)"),
     "seconds_to_memory_limit": Feature("seconds", "headroom / growth (absent when not growing)"),
     "oom_kills": Feature("count", "OOM kills in the target's cgroup (counter)"),
     "host_oom_kills": Feature("count", "OOM kills on the host (counter, /proc/vmstat)"),
@@ -112,10 +140,11 @@ FEATURES: dict[str, Feature] = {
     "numa_local_ratio": Feature("ratio", "overlap of memory per node and CPU time per node"),
     "numa_memory_nodes": Feature("count", "nodes holding at least 10% of the target's memory"),
     "numa_cpu_nodes": Feature("count", "nodes where the target's threads ran (>= 10% of CPU)"),
+    **{name: Feature(unit, text) for name, (unit, text) in GPU_HEALTH_FEATURES.items()},
 }
 
 # String values a template may use besides features (set once per target).
 CONTEXT_FIELDS = ("target", "pid", "comm", "engine", "limit_kind", "numa_memory_node",
                   "numa_cpu_node", "fs_wait_channel", "configured_variable", "blocked_channel",
                   "half_of_rss", "three_quarters_of_rss", "gpu_numa_node",
-                  "thread_pool_library")
+                  "thread_pool_library", *GPU_HEALTH_CONTEXT)

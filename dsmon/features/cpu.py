@@ -10,6 +10,19 @@ from dsmon.features.threads import ACTIVE_CORES, BUSY_CORES, thread_key
 _IDLE, _IOWAIT = MODES.index("idle"), MODES.index("iowait")
 
 
+def busy_share(before, now, cpus) -> float | None:
+    """Busy share of the given CPUs between two /proc/stat readings (idle and iowait are
+    idle time; steal counts as busy, since the target cannot run then either)."""
+    busy = total = 0.0
+    for cpu in cpus:
+        if cpu not in before.per_cpu or cpu not in now.per_cpu:
+            continue
+        deltas = [max(0.0, a - b) for a, b in zip(now.per_cpu[cpu], before.per_cpu[cpu])]
+        total += sum(deltas)
+        busy += sum(deltas) - deltas[_IDLE] - deltas[_IOWAIT]
+    return busy / total if total > 0 else None
+
+
 class CpuFeatures:
     def __init__(self, static, context: dict, topology):
         env = static.environment.data if static.environment.ok else None
@@ -56,6 +69,7 @@ class CpuFeatures:
             if total > 0:
                 values["host_iowait_ratio"] = deltas[_IOWAIT] / total
                 values["host_cpu_busy_ratio"] = 1 - (deltas[_IDLE] + deltas[_IOWAIT]) / total
+            values["usable_cpus_busy_ratio"] = busy_share(cpu_before, cpu_now, effective["cpus"])
 
 
 class ThreadFeatures:
@@ -90,6 +104,7 @@ class ThreadFeatures:
         if have_schedstat:
             values["runnable_waiting_ratio"] = ratio(wait, run + wait)
             values["run_queue_wait_seconds_per_second"] = wait / 1e9 / interval.span_s
+            values["runnable_threads"] = (run + wait) / 1e9 / interval.span_s
 
     def _switch_rates(self, values, sweep, now: float) -> None:
         """Switch counts are read every few sweeps (status is costly): the rate runs from the

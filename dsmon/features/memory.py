@@ -6,7 +6,9 @@ from collections import deque
 
 from dsmon.features.series import fit_line, rate, ratio
 
-GROWTH_WINDOW_S = 60.0     # memory growth slope is fitted over this much history
+# Memory growth is fitted over this much history: long enough that a projection to the limit
+# rests on sustained growth, short enough to follow a leak that starts mid-run.
+GROWTH_WINDOW_S = 120.0
 
 
 class GrowthFit:

@@ -42,10 +42,7 @@ slow_inline=True, pcie_throughput=False, include_children=True, topology=True)``
 ``GpuSnapshot`` (dataclass; ``.to_dict()`` for JSON): ``driver_version``, ``nvml_version``,
 ``cuda_driver_version``, ``device_count``, ``max_device_count``, ``gpus: list[GpuSample]``,
 ``processes: list[GpuProcess]``, ``missing: list[dict]`` (GPUs seen before and gone now),
-``xid_events`` (this tick), ``recent_xids`` (last 10 min), ``findings: list[GpuFinding]``
-(severity info/warning/critical, code, summary, hint, gpu_index, gpu_uuid, evidence; codes:
-gpu_lost, gpu_count_dropped, xid, ecc_uncorrectable, row_remap_failure, row_remap_pending,
-clocks_slowed, pcie_link_degraded, mig_change_pending), ``targets: dict[int,
+``xid_events`` (this tick), ``recent_xids`` (last 10 min), ``targets: dict[int,
 TargetGpuUsage]``, ``schedule`` (fast/slow call names, demoted getters), ``fast_seconds``,
 ``fast_seconds_per_gpu``, ``slow_seconds``, ``xid_status``.
 
@@ -57,7 +54,10 @@ max}, ecc_enabled/ecc_pending, ecc_{volatile,aggregate}_{corrected,uncorrected},
 remapped_rows_{correctable,uncorrectable}, remap_pending, remap_failure, mig_enabled,
 mig_pending, pcie_{tx,rx}_bytes_per_second (only with pcie_throughput=True), processes,
 slow_age_seconds, ``unsupported`` and ``unavailable`` (NVML question -> reason). A field
-the GPU does not support is None and named in ``unsupported``: never 0.
+the GPU does not support is None and named in ``unsupported``: never 0. What a person must act
+on (lost GPU, XID, ECC, remapping, slowdowns, PCIe, MIG) is not decided here: the host
+features in ``dsmon.features.gpu_health`` feed the `subject: host` rules of
+``rules/dsmon/gpu-health.yaml``.
 
 ``TargetGpuUsage`` (``dsmon.gpu.processes``): pid, status (``"ok"``, ``"none"``,
 ``"unavailable (PID namespace)"``, ``"unavailable"``), reason, memory_bytes (None unless
@@ -76,16 +76,12 @@ elsewhere. Without NVML it returns the one-line reason and fix. Raises
 ``compare_with_nvidia_smi(topology, text) -> list[str]`` lists differences against real
 ``nvidia-smi topo -m`` output.
 
-Not wired yet (the lead's part): the CLI command, diagnose/snapshot/agent integration,
-Prometheus families, rules over GpuFinding. pyproject's ``packages`` list needs
-``dsmon.gpu``.
 """
 
 from dsmon.gpu.nvml import GpuUnavailable, Nvml, NvmlError, PynvmlBackend, default_nvml
 from dsmon.gpu.processes import TargetGpuUsage
 from dsmon.gpu.sample import (
                               GpuCollector,
-                              GpuFinding,
                               GpuProcess,
                               GpuSample,
                               GpuSnapshot,
@@ -101,7 +97,6 @@ from dsmon.gpu.topo import topo_command
 
 __all__ = [
                               "GpuCollector",
-                              "GpuFinding",
                               "GpuProcess",
                               "GpuSample",
                               "GpuSnapshot",

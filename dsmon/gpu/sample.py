@@ -92,19 +92,6 @@ class XidEvent:
 
 
 @dataclass
-class GpuFinding:
-    """Something about the GPUs that a person must act on, with the fix."""
-
-    severity: str          # info | warning | critical
-    code: str              # gpu_lost, gpu_count_dropped, xid, ecc_uncorrectable, ...
-    summary: str
-    hint: str
-    gpu_index: int | None = None
-    gpu_uuid: str | None = None
-    evidence: dict = field(default_factory=dict)
-
-
-@dataclass
 class GpuSample:
     index: int
     uuid: str | None = None
@@ -168,7 +155,6 @@ class GpuSnapshot:
     missing: list[dict] = field(default_factory=list)   # GPUs seen before, gone now
     xid_events: list[XidEvent] = field(default_factory=list)  # this tick's
     recent_xids: list[XidEvent] = field(default_factory=list)
-    findings: list[GpuFinding] = field(default_factory=list)
     targets: dict[int, TargetGpuUsage] = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
     fast_seconds: float = 0.0                 # NVML time of this tick's fast part
@@ -312,7 +298,6 @@ class GpuCollector:
             if facts is None:
                 continue
             snapshot.targets[pid] = attribute(gpus, processes, facts, lists_ok, lists_error)
-        snapshot.findings = findings(snapshot)
         unavailable = {}
         for gpu in gpus:
             if gpu.lost:
@@ -397,80 +382,6 @@ def assemble_sample(state: GpuState, now: float) -> GpuSample:
     return sample
 
 
-def findings(snapshot: GpuSnapshot) -> list[GpuFinding]:
-    """Findings from one snapshot, most severe first."""
-    out: list[GpuFinding] = []
-    if snapshot.missing:
-        names = "; ".join(f"{m.get('uuid')} (bus {m.get('pci_bus_id')}, was GPU "
-                          f"{m.get('last_index')})" for m in snapshot.missing)
-        out.append(GpuFinding(
-            "critical", "gpu_count_dropped",
-            f"NVML sees {snapshot.device_count} GPU(s), {snapshot.max_device_count} were seen "
-            f"earlier; missing: {names}",
-            "a GPU fell off the bus or was unbound from the driver: look for Xid 79 and NVRM "
-            "lines in `dmesg`, drain the node and reboot (or reset the GPU) to recover",
-            evidence={"device_count": snapshot.device_count,
-                      "max_device_count": snapshot.max_device_count}))
-    for gpu in snapshot.gpus:
-        if gpu.lost:
-            out.append(GpuFinding(
-                "critical", "gpu_lost",
-                f"{gpu.label} is lost: NVML answers GpuIsLost (the GPU fell off the bus or "
-                f"hung); its processes cannot make progress",
-                "check `dmesg | grep -i xid` (Xid 79: fallen off the bus); drain the node, "
-                f"then reset the GPU (nvidia-smi -r -i {gpu.index}) or reboot",
-                gpu.index, gpu.uuid))
-            continue
-        if gpu.ecc_volatile_uncorrected:
-            out.append(GpuFinding(
-                "critical", "ecc_uncorrectable",
-                f"{gpu.label}: {gpu.ecc_volatile_uncorrected} uncorrectable ECC error(s) since "
-                f"the driver loaded", "drain the GPU and reset it; if errors recur, replace it",
-                gpu.index, gpu.uuid, {"ecc_volatile_uncorrected": gpu.ecc_volatile_uncorrected}))
-        if gpu.remap_failure:
-            out.append(GpuFinding(
-                "critical", "row_remap_failure", f"{gpu.label}: row remapping failed",
-                "the GPU has run out of spare rows: replace it", gpu.index, gpu.uuid))
-        elif gpu.remap_pending:
-            out.append(GpuFinding(
-                "warning", "row_remap_pending",
-                f"{gpu.label}: a memory row remap is pending", f"reset the GPU to apply it "
-                f"(nvidia-smi -r -i {gpu.index}) when it is idle", gpu.index, gpu.uuid))
-        slow = [r for r in (gpu.clock_event_reasons or []) if r in SLOWDOWN_REASONS]
-        if slow:
-            severity = "info" if slow == ["sw_power_cap"] else "warning"
-            out.append(GpuFinding(
-                severity, "clocks_slowed",
-                f"{gpu.label}: clocks slowed by {', '.join(slow)}",
-                "check cooling and power (nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER)",
-                gpu.index, gpu.uuid, {"clock_event_reasons": slow}))
-        if gpu.pcie_width_current and gpu.pcie_width_max and \
-                gpu.pcie_width_current < gpu.pcie_width_max:
-            out.append(GpuFinding(
-                "warning", "pcie_link_degraded",
-                f"{gpu.label}: PCIe link runs at x{gpu.pcie_width_current} of "
-                f"x{gpu.pcie_width_max}",
-                "reseat the GPU or check the riser and slot; the host-device bandwidth is "
-                "reduced accordingly", gpu.index, gpu.uuid,
-                {"width_current": gpu.pcie_width_current, "width_max": gpu.pcie_width_max}))
-        if gpu.mig_enabled is not None and gpu.mig_pending is not None and \
-                gpu.mig_enabled != gpu.mig_pending:
-            out.append(GpuFinding(
-                "info", "mig_change_pending",
-                f"{gpu.label}: MIG mode change to {'on' if gpu.mig_pending else 'off'} is "
-                "pending", "reset the GPU to apply it", gpu.index, gpu.uuid))
-    for event in snapshot.xid_events:
-        severity = "critical" if event.xid in XID_CRITICAL else "warning"
-        out.append(GpuFinding(
-            severity, "xid",
-            f"GPU {event.gpu_index}: Xid {event.xid} ({event.meaning})",
-            "see `dmesg | grep -i xid` for the details and NVIDIA's Xid catalogue for the "
-            "action", event.gpu_index, event.gpu_uuid, {"xid": event.xid}))
-    rank = {"critical": 0, "warning": 1, "info": 2}
-    out.sort(key=lambda f: rank.get(f.severity, 3))
-    return out
-
-
 def collect_once(paths: HostPaths | None = None, nvml=None, targets=()) -> GpuSnapshot:
     """One complete snapshot (fast and slow), for one-shot commands."""
     collector = GpuCollector(paths, nvml, targets=targets)
@@ -482,12 +393,10 @@ __all__ = [
     "FAST_CALLS",
     "SLOW_CALLS",
     "GpuCollector",
-    "GpuFinding",
     "GpuProcess",
     "GpuSample",
     "GpuSnapshot",
     "GpuUnavailable",
     "XidEvent",
     "collect_once",
-    "findings",
 ]
