@@ -27,9 +27,12 @@ _ABOUT_THE_TARGET = ("not_python", "unsupported_python")
 
 class StackSampler:
     def __init__(self, pyspy: PySpy, pid: int, profile: StackProfile,
-                 period_s: float = DEFAULT_PERIOD_S):
+                 period_s: float = DEFAULT_PERIOD_S, is_target=None):
         self.pyspy = pyspy
         self.pid = pid
+        # Called after each dump: False once the pid names another process (pid reuse), whose
+        # stacks must not join the target's profile.
+        self.is_target = is_target
         self.profile = profile
         self.period_s = period_s
         self.error: PySpyError | None = None
@@ -70,7 +73,7 @@ class StackSampler:
                     return
             else:
                 with self._lock:
-                    if self._stop.is_set():
+                    if self._stop.is_set() or (self.is_target and not self.is_target()):
                         return
                     self.profile.add(threads, time.monotonic() - started)
                     self.error = None
