@@ -498,7 +498,8 @@ def rules_check(paths):
     except RuleLoadError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
-        click.echo(f"{len(exc.problems)} problem(s)", err=True)
+        if len(exc.problems) > 1:
+            click.echo(f"{len(exc.problems)} problem(s)", err=True)
         sys.exit(EXIT_RULES)
     click.echo(f"ok: {len(loaded)} rules")
 

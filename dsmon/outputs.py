@@ -14,7 +14,12 @@ def output_problem(path: str) -> str | None:
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         return f"{path} is a directory; name a file in it"
-    if not os.path.isdir(directory):
+    try:
+        if not stat.S_ISDIR(os.stat(directory).st_mode):
+            return f"{directory} is not a directory"
+    except PermissionError:
+        return f"cannot reach directory {directory} (permission denied)"
+    except OSError:
         return f"directory {directory} does not exist"
     if os.path.exists(path):
         if not os.access(path, os.W_OK):
