@@ -214,7 +214,7 @@ def test_a_report_is_written_whole_or_not_at_all(tmp_path):
             directory = tmp_path / case
             directory.mkdir()
             processes[case] = subprocess.Popen(
-                [sys.executable, "-m", "dsmon", "diagnose", str(target.pid), "--duration", "1.5s",
+                [sys.executable, "-m", "dsmon", "diagnose", str(target.pid), "--duration", "1s",
                  "--interval", "0.5s", "--no-stacks", "--format", "json",
                  "-o", str(directory / "report.json")],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

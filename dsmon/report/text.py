@@ -21,6 +21,7 @@ def render_text(report: dict) -> str:
         f"(every {window['interval_seconds']} s)")
     if not window["complete"]:
         out(f"PARTIAL REPORT: {window['end_reason']}"
+            + (f" ({window['gone_reason']})" if window.get("gone_reason") else "")
             + (f" at {window['target_exited_at']}" if window.get("target_exited_at") else ""))
     out("")
 
