@@ -101,6 +101,8 @@ def test_a_target_turning_zombie_mid_window_ends_it_named_as_a_zombie():
         parent.kill()
         parent.wait()
         parent.stdout.close()
+    print(f"\n[fault] target turned zombie: diagnose ended {ended_after:.2f} s later "
+          f"(interval 0.5 s; load {open('/proc/loadavg').read().split()[0]})")
     assert code == 4, stderr
     window = report["window"]
     assert window["complete"] is False and window["end_reason"] == "target exited"
@@ -152,7 +154,9 @@ def test_pid_reused_mid_window_ends_it_with_exit_4_and_no_data_of_the_new_proces
             assert intruder.stdout.readline().startswith("ready")
             time.sleep(0.5)          # the intruder's threads run, named, before dsmon resumes
             os.kill(dsmon.pid, signal.SIGCONT)
+            resumed = time.monotonic()
             code, report, stderr = finish(dsmon)
+            ended_after = time.monotonic() - resumed
         finally:
             if intruder is not None:
                 intruder.kill()
@@ -162,6 +166,8 @@ def test_pid_reused_mid_window_ends_it_with_exit_4_and_no_data_of_the_new_proces
                 os.kill(dsmon.pid, signal.SIGCONT)
                 dsmon.kill()
                 dsmon.wait()
+    print(f"\n[fault] pid reused: diagnose ended {ended_after:.2f} s after it resumed "
+          f"(load {open('/proc/loadavg').read().split()[0]})")
     assert code == 4, stderr
     window = report["window"]
     assert window["end_reason"] == "target exited"
