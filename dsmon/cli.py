@@ -144,11 +144,11 @@ def _require_process(paths, pid: int | None) -> None:
 
 def _unknown_rule_ids(rule_ids, rules, where: str) -> list[str]:
     """One line per id that names no loaded rule, with the known ids closest to it."""
-    import difflib
     known = sorted(rule.id for rule in rules)
     problems = []
     for rule_id in dict.fromkeys(rule_ids):
         if rule_id not in known:
+            import difflib
             close = difflib.get_close_matches(rule_id, known, n=3, cutoff=0.5)
             problems.append(f"{where} {rule_id!r}: no such rule; "
                             + (f"did you mean {', '.join(close)}?" if close

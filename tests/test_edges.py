@@ -14,6 +14,7 @@ import pytest
 from dsmon.collectors.threads import FILES, ThreadSampler
 from dsmon.paths import HostPaths
 from dsmon.sampler import TargetSampler
+from tests.helpers.faults import wait_until_sampling
 from tests.helpers.spawn import REPO, diagnose_json, run_dsmon, workload
 
 
@@ -47,10 +48,16 @@ def test_target_exiting_mid_window_gives_a_partial_report():
 
 
 def test_text_report_says_partial():
-    with workload("threads", "--idle", "1", "--exit-after", "0.8") as target:
-        result = run_dsmon("diagnose", str(target.pid), "--duration", "3s", "--interval", "0.5s")
-    assert result.returncode == 4
-    assert "PARTIAL REPORT: target exited" in result.stdout
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with workload("threads", "--idle", "1") as target:
+        dsmon = subprocess.Popen([sys.executable, "-m", "dsmon", "diagnose", str(target.pid),
+                                  "--duration", "5s", "--interval", "0.5s", "--no-stacks"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        wait_until_sampling(dsmon.pid, target.pid)     # exits mid-window, however slow the start
+        target.kill()
+        stdout, stderr = dsmon.communicate(timeout=60)
+    assert dsmon.returncode == 4, stderr
+    assert "PARTIAL REPORT: target exited" in stdout
 
 
 def test_threads_that_come_and_go_during_sweeps():
