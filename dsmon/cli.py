@@ -186,9 +186,10 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
     """Sample process PID over a short window and report what slows it down.
 
     Exit codes: 0 no warning or critical finding; 6 a warning and 7 a critical finding firing
-    at the end of the window; 4 partial report (the target exited during the window) with
-    nothing worse; 3 no such process; 5 the report could not be written; 8 a rule file is
-    invalid; 2 usage error; 1 internal error.
+    at the end of the window; 4 partial report (the target exited, turned zombie or its pid
+    was reused during the window, or was a zombie already) with nothing worse; 3 no such
+    process; 5 the report cannot be written (checked before sampling too); 8 a rule file is
+    invalid; 2 usage error; 1 internal error. A kernel thread gets a report as any process.
     """
     import json
 
@@ -240,6 +241,7 @@ def snapshot(pid, output, nvml_replay, paths):
     """Record the files dsmon reads (host, and process PID) into a replayable tar.gz.
 
     Unpack it and point --path.procfs/--path.sysfs/--path.rootfs at it to replay.
+    Exit codes: 0 written; 3 no such process; 5 FILE cannot be written; 2 usage error.
     """
     from dsmon.diagnose import EXIT_NO_TARGET, EXIT_OUTPUT
     from dsmon.snapshot import SnapshotError, SnapshotWriteError, write_snapshot
@@ -302,6 +304,9 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
     Signals: SIGHUP reloads the configuration and rules (a broken file keeps the running
     ones); SIGTERM stops within 2 s. Under systemd (Type=notify) it sends READY=1 after the
     first sample and WATCHDOG=1 after each good sampling cycle.
+
+    Exit codes: 2 a bad flag; 9 an invalid configuration file; 8 invalid rules; 10 cannot
+    listen.
     """
     from dsmon.agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_target
     from dsmon.agent.daemon import Agent, run_forever
@@ -409,7 +414,8 @@ def _nvml_backend(replay: str | None, paths=None):
 @host_path_options
 def topo(pid, nvml_replay, paths):
     """The GPU topology (`nvidia-smi topo -m`'s picture) and, with PID, where the process's
-    threads run against the CPUs local to its GPUs."""
+    threads run against the CPUs local to its GPUs. Exit codes: 0; 3 no such process; 2 usage
+    error."""
     from dsmon.diagnose import EXIT_NO_TARGET
     from dsmon.gpu.topology import topo_command
     from dsmon.sources import Gone

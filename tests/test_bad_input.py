@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 from click.testing import CliRunner
 
 from dsmon.cli import main
 from tests.helpers.faults import wait_until_sampling
-from tests.helpers.spawn import REPO, run_dsmon, workload
+from tests.helpers.spawn import REPO, workload
 
 USAGE, NO_TARGET, OUTPUT, RULES, CONFIG = 2, 3, 5, 8, 9
 
@@ -106,13 +107,13 @@ def edge_cases(pid: int, tmp) -> list[tuple[list[str], int, str]]:
 
 def test_every_command_rejects_bad_input_at_the_edge(tmp_path):
     runner = CliRunner()
-    with workload("threads", "--idle", "1") as target:
-        for args, expected, names in edge_cases(str(target.pid), tmp_path):
-            result = runner.invoke(main, args, catch_exceptions=True)
-            assert result.exception is None or isinstance(result.exception, SystemExit), \
-                (args, repr(result.exception))
-            assert_one_line_error(result.exit_code, result.stdout, result.stderr, expected,
-                                  names, args)
+    # A live pid (this test's own process): every case must stop before sampling it.
+    for args, expected, names in edge_cases(str(os.getpid()), tmp_path):
+        result = runner.invoke(main, args, catch_exceptions=True)
+        assert result.exception is None or isinstance(result.exception, SystemExit), \
+            (args, repr(result.exception))
+        assert_one_line_error(result.exit_code, result.stdout, result.stderr, expected,
+                              names, args)
     assert os.listdir(tmp_path) == []     # nothing written, not even a partial file
 
 
@@ -160,15 +161,18 @@ def test_the_agent_rejects_a_bad_configuration_before_it_starts(tmp_path):
 
 def test_the_issues_examples_as_real_processes(tmp_path):
     missing = str(free_pid())
-    for args, expected, names in [
-            (["agent", "--listen", "garbage"], USAGE, "'garbage' must be HOST:PORT"),
-            (["topo", missing], NO_TARGET, f"no process with pid {missing} under /proc"),
-            (["snapshot", "-o", "/nonexistent/x.tgz"], OUTPUT, "/nonexistent does not exist"),
-            (["diagnose", "1", "--path.procfs", "/nonexistent"], USAGE,
-             "--path.procfs /nonexistent: no such directory")]:
-        result = run_dsmon(*args)
-        assert_one_line_error(result.returncode, result.stdout, result.stderr, expected, names,
-                              args)
+    cases = [(["agent", "--listen", "garbage"], USAGE, "'garbage' must be HOST:PORT"),
+             (["topo", missing], NO_TARGET, f"no process with pid {missing} under /proc"),
+             (["snapshot", "-o", "/nonexistent/x.tgz"], OUTPUT, "/nonexistent does not exist"),
+             (["diagnose", "1", "--path.procfs", "/nonexistent"], USAGE,
+              "--path.procfs /nonexistent: no such directory")]
+    processes = [subprocess.Popen([sys.executable, "-m", "dsmon", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO)))
+                 for args, _, _ in cases]                 # at once: one start-up of suite time
+    for (args, expected, names), process in zip(cases, processes):
+        stdout, stderr = process.communicate(timeout=60)
+        assert_one_line_error(process.returncode, stdout, stderr, expected, names, args)
 
 
 # Imports first: the interpreter's own files may not be readable by nobody.
@@ -190,9 +194,11 @@ def test_an_unwritable_report_file_is_refused_before_sampling_and_left_untouched
             handle.write("the previous report\n")
         env = dict(os.environ, PYTHONPATH=str(REPO))
         # As nobody: root may write any file, so only another user meets a read-only one.
+        started = time.monotonic()
         result = subprocess.run([sys.executable, "-c", AS_NOBODY, "diagnose", str(os.getpid()),
                                  "--duration", "30s", "-o", report],
                                 capture_output=True, text=True, timeout=60, env=env, cwd="/")
+        assert time.monotonic() - started < 30     # refused before the 30 s window, not after
         assert_one_line_error(result.returncode, result.stdout, result.stderr, OUTPUT,
                               f"{report} is not writable", "diagnose -o read-only")
         with open(report) as handle:
