@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 
 from dsmon import __version__
 from dsmon.analysis import analyse
+from dsmon.collectors.process import is_same_process
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import load_rules
 from dsmon.engine_metrics import EngineFollower
 from dsmon.gpu.sample import GpuCollector
-from dsmon.collectors.process import is_same_process
 from dsmon.model import Batch, Status, run_collector
 from dsmon.model_size import report_note as model_size_note
 from dsmon.observations import observe
@@ -62,6 +62,8 @@ def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
                   sleep=time.sleep, on_tick=None) -> tuple[list[Tick], str]:
     """Tick every interval for the duration. Returns the ticks and why sampling ended."""
     ticks = [sampler.tick(read_switches=True)]
+    if REUSED in ticks[0].target_gone:
+        _drop_target_data(ticks[0])
     if on_tick:
         on_tick(ticks[0])
     if ticks[0].target_gone:
@@ -145,6 +147,10 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
                                 environment if isinstance(environment, dict) else None)
 
         def on_tick(tick: Tick) -> None:
+            if REUSED in tick.target_gone:
+                # Nothing more is read of what the pid names now: not its engine's /metrics,
+                # not its GPU memory (NVML reports per pid).
+                return monitor.observe(tick)
             engine_batch = engine.scrape_if_due()     # the engine's own /metrics, every 2 s
             if engine_batch is not None:
                 tick.batches["engine"] = engine_batch
@@ -164,6 +170,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
             monitor.observe(tick)
 
         ticks, end_reason = sample_window(sampler, options, sleep, on_tick)
+        if not gpu_batches:     # the pid changed hands before the first sample
+            gpu_batches.append(Batch("gpu", time.monotonic(), time.time(), Status.NO_DATA, None,
+                                     "not sampled: the pid was reused before the first sample"))
         gpu_first, gpu_last = gpu_batches[0], gpu_batches[-1]
         numa_end = sampler.numa() if end_reason != "target exited" else None
     finally:
@@ -233,6 +242,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
 def _name_the_target_kind(target: dict, identity, ticks: list[Tick]) -> None:
     """A kernel thread or zombie says so, and its memory says why there is none: a kernel
     thread's cgroup is the root one, whose memory is the host's, never the thread's own."""
+    if not target:          # not one sample of it (the pid changed hands at once)
+        return
     target["kind"] = identity.kind
     reasons = [t.batches["process"].unavailable.get("memory") for t in ticks
                if "process" in t.batches]

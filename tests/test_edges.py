@@ -120,16 +120,16 @@ def test_cached_descriptor_of_an_exited_thread_reads_as_gone():
         sampler.close()
 
 
-def test_pid_reuse_is_detected_by_start_time(tmp_path):
-    """A recycled pid must not inherit the old process's history."""
-    # Make a tiny procfs for pid 77 and change its start time between ticks.
+SERVER_STAT = ("77 (server) S 1 77 77 0 -1 4194560 100 0 0 0 50 10 0 0 20 0 1 0 {start} 1000000 "
+               "250 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
+
+
+def server_tree(tmp_path):
+    """A tiny procfs with one process, pid 77, started at tick 1000; set_start() recycles
+    its pid (a new start time). Returns (paths, set_start)."""
     proc = tmp_path / "proc"
     task = proc / "77" / "task" / "77"
     task.mkdir(parents=True)
-    stat = "77 (server) S 1 77 77 0 -1 4194560 100 0 0 0 50 10 0 0 20 0 1 0 {start} 1000000 250 " \
-           "18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
-    for path in (proc / "77" / "stat", task / "stat"):
-        path.write_text(stat.format(start=1000))
     status = "Name:\tserver\nState:\tS (sleeping)\nUid:\t0\t0\t0\t0\nNSpid:\t77\nVmRSS:\t1000 kB\n" \
              "Cpus_allowed_list:\t0\nMems_allowed_list:\t0\nvoluntary_ctxt_switches:\t1\n" \
              "nonvoluntary_ctxt_switches:\t0\n"
@@ -137,14 +137,49 @@ def test_pid_reuse_is_detected_by_start_time(tmp_path):
     (task / "status").write_text(status)
     (task / "schedstat").write_text("1 2 3\n")
     (proc / "77" / "cgroup").write_text("0::/\n")
-    sampler = TargetSampler(HostPaths(str(proc), str(tmp_path / "sys"), str(tmp_path)), 77)
+    (proc / "stat").write_text("cpu 1 1 1 1 1 1 1 0 0 0\n")
+
+    def set_start(start: int) -> None:
+        for path in (proc / "77" / "stat", task / "stat"):
+            path.write_text(SERVER_STAT.format(start=start))
+
+    set_start(1000)
+    return HostPaths(str(proc), str(tmp_path / "sys"), str(tmp_path)), set_start
+
+
+def test_pid_reuse_is_detected_by_start_time(tmp_path):
+    """A recycled pid must not inherit the old process's history."""
+    paths, set_start = server_tree(tmp_path)
+    sampler = TargetSampler(paths, 77)
     static = sampler.static()
     assert static.identity.key == (77, 1000)
     assert sampler.tick().target_gone == ""
-    (proc / "77" / "stat").write_text(stat.format(start=2000))
+    set_start(2000)
     tick = sampler.tick()
     assert "reused" in tick.target_gone
     sampler.close()
+
+
+def test_pid_reused_before_the_first_sample_gives_an_empty_partial_report(tmp_path, monkeypatch):
+    """Between reading who the target is and its first sample the pid changes hands: the
+    report holds nothing of the new process and exits 4 (no crash on zero samples)."""
+    from dsmon.diagnose import DiagnoseOptions, diagnose, exit_code
+    from dsmon.report.text import render_text
+    paths, set_start = server_tree(tmp_path)
+    static = TargetSampler.static
+
+    def static_then_reuse(self):
+        facts = static(self)
+        set_start(2000)
+        return facts
+
+    monkeypatch.setattr(TargetSampler, "static", static_then_reuse)
+    report = diagnose(paths, 77, DiagnoseOptions(duration_s=1.0, interval_s=0.5, stacks=False))
+    assert exit_code(report) == 4
+    assert report["window"]["samples"] == 0
+    assert "pid was reused" in report["window"]["gone_reason"]
+    assert report["target"] == {} and report["threads"] == {}
+    assert "PARTIAL REPORT" in render_text(report)
 
 
 def test_names_with_spaces_parentheses_and_bad_utf8():
