@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from dsmon import __version__
 from dsmon.collectors.cgroup import resolve_layout
-from dsmon.collectors.process import (parse_environ, parse_passwd, parse_proc_cgroup, parse_status,
-                                      redact_cmdline)
+from dsmon.collectors.process import (parse_environ, parse_passwd, parse_proc_cgroup, parse_stat,
+                                      parse_status, redact_cmdline)
 from dsmon.outputs import replacing
 from dsmon.paths import HostPaths
 from dsmon.sources import Gone, SourceError, list_dir, read_bytes, read_link, read_text
@@ -218,7 +218,9 @@ def _record_process(recorder: _Recorder, paths: HostPaths, pid: int) -> int | No
             recorder.copy(paths.pid(pid, name), _redact_cmdline_bytes, process_file=True)
         else:
             recorder.copy(paths.pid(pid, name), process_file=True)
-    recorder.copy(paths.pid(pid, "environ"), _filter_environ, process_file=True)
+    if not parse_stat(read_bytes(paths.pid(pid, "stat"), True)).kernel_thread:
+        # A kernel thread has no environment: the kernel answers ESRCH, as for an exited one.
+        recorder.copy(paths.pid(pid, "environ"), _filter_environ, process_file=True)
     recorder.copy(paths.pid(pid, "maps"), _shared_libraries, process_file=True)
     for link in ("exe", "cwd", "ns/pid", "ns/cgroup"):
         try:

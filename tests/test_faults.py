@@ -74,6 +74,15 @@ def test_a_kernel_thread_is_named_one_never_exited_nor_given_the_hosts_memory():
     assert "cgroup memory:" not in text
 
 
+def test_a_kernel_thread_can_be_snapshotted(tmp_path):
+    from dsmon.snapshot import write_snapshot
+    pid = kernel_thread_pid()
+    if pid is None:
+        pytest.skip("no kernel thread visible (a container's own PID namespace)")
+    summary = write_snapshot(HostPaths(), pid, str(tmp_path / "kthread.tgz"))
+    assert summary.files > 10 and (tmp_path / "kthread.tgz").stat().st_size > 0
+
+
 ZOMBIE_PARENT = """
 import os, signal, sys, time
 child = os.fork()
