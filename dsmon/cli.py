@@ -319,6 +319,7 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
     specs = tuple(filter(None, (parse_target(t, "--target", problems) for t in targets)))
     if problems:
         raise click.UsageError("; ".join(problems), click.get_current_context())
+    nvml = _nvml_backend(nvml_replay)
     setup_logging(log_level)
     _limit_malloc_arenas()
 
@@ -368,7 +369,7 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
             click.echo(f"dsmon: invalid web config: {exc}", err=True)
             sys.exit(EXIT_USAGE_CONFIG)
     try:
-        sys.exit(run_forever(Agent(config, loaded_rules, nvml=_nvml_backend(nvml_replay)), load))
+        sys.exit(run_forever(Agent(config, loaded_rules, nvml=nvml), load))
     except OSError as exc:
         click.echo(f"dsmon: cannot listen on {config.listen}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_LISTEN)
@@ -404,7 +405,13 @@ def _nvml_backend(replay: str | None, paths=None):
     if replay is None:
         return None
     from dsmon.gpu.fake import FakeBackend
-    return FakeBackend(replay)
+    try:
+        return FakeBackend(replay)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc).removeprefix(f"{replay}: ")
+        raise click.UsageError(f"--nvml-replay {replay}: not an NVML recording ({detail}); "
+                               "record one with `dsmon snapshot` (its nvml.json)",
+                               click.get_current_context()) from None
 
 
 @main.command()

@@ -44,6 +44,7 @@ def edge_cases(pid: int, tmp) -> list[tuple[list[str], int, str]]:
     """(arguments, exit code, text the error line must contain)."""
     missing = str(free_pid())
     not_procfs = str(tmp)                       # a directory without the host-wide `stat`
+    not_recording = "/etc/os-release"           # a file, but not NVML's answers
     return [
         (["diagnose", "abc"], USAGE, "'abc' is not a pid"),
         (["diagnose", "0"], USAGE, "'0' is not a pid"),
@@ -69,6 +70,12 @@ def edge_cases(pid: int, tmp) -> list[tuple[list[str], int, str]]:
         (["diagnose", pid, "-o", not_procfs], OUTPUT, "is a directory"),
         (["diagnose", pid, "-o", "/etc/hostname/report.txt"], OUTPUT, "is not a directory"),
         (["diagnose", pid, "--nvml-replay", "/nonexistent.json"], USAGE, "/nonexistent.json"),
+        (["diagnose", pid, "--nvml-replay", "/etc/hostname"], USAGE,
+         "--nvml-replay /etc/hostname: not an NVML recording"),
+        (["topo", "--nvml-replay", str(not_recording)], USAGE, "not an NVML recording"),
+        (["plan", "--params", "7B", "--nvml-replay", "/etc/hostname"], USAGE,
+         "not an NVML recording"),
+        (["agent", "--nvml-replay", "/etc/hostname"], USAGE, "not an NVML recording"),
         (["diagnose", missing, "--duration", "1s"], NO_TARGET, f"no process with pid {missing}"),
         (["snapshot", "-o", "/nonexistent/x.tgz"], OUTPUT, "directory /nonexistent does not exist"),
         (["snapshot", pid, "-o", not_procfs], OUTPUT, "is a directory"),
