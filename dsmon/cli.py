@@ -366,7 +366,7 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
         try:
             load_web_config(config.web_config)
         except WebConfigError as exc:
-            click.echo(f"dsmon: invalid web config: {exc}", err=True)
+            click.echo(f"dsmon: invalid web config: {' '.join(str(exc).split())}", err=True)
             sys.exit(EXIT_USAGE_CONFIG)
     try:
         sys.exit(run_forever(Agent(config, loaded_rules, nvml=nvml), load))

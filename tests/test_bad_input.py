@@ -146,6 +146,10 @@ def test_the_agent_rejects_a_bad_configuration_before_it_starts(tmp_path):
     bad_rule.write_text('[rules]\ndisable = ["cpu-fluctuatoin"]\n')
     bad_root = tmp_path / "paths.toml"
     bad_root.write_text(f'[paths]\nprocfs = "{tmp_path}"\n')
+    broken_yaml = tmp_path / "web.yml"
+    broken_yaml.write_text("tls_server_config: [\n")      # a YAML error spans lines
+    broken_toml = tmp_path / "broken.toml"
+    broken_toml.write_text("[agent\n")
     cases = [
         (["--config", str(bad_listen)], CONFIG, "[agent] listen '127.0.0.1:99999': port 99999"),
         (["--config", str(bad_rule)], CONFIG, "[rules] disable 'cpu-fluctuatoin': no such rule; "
@@ -154,6 +158,8 @@ def test_the_agent_rejects_a_bad_configuration_before_it_starts(tmp_path):
         (["--config", str(tmp_path / "none.toml")], CONFIG, "none.toml: no such file"),
         (["--disable-rule", "oom-rsk"], USAGE, "--disable-rule 'oom-rsk': no such rule"),
         (["--web-config", str(tmp_path / "none.yml")], CONFIG, "none.yml"),
+        (["--web-config", str(broken_yaml)], CONFIG, "web.yml: not valid YAML"),
+        (["--config", str(broken_toml)], CONFIG, "broken.toml: not valid TOML"),
     ]
     child = subprocess.run([sys.executable, "-c", AGENT_CASES_RUNNER,
                             json.dumps([args for args, _, _ in cases])],
