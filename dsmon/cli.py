@@ -47,8 +47,7 @@ class Pid(click.ParamType):
 
 PID = Pid()
 
-# Exit codes shared by every command (the README's table; diagnose's own are in dsmon.diagnose).
-EXIT_USAGE = 2
+# The agent's exit codes (the README); usage (2) and the others are dsmon.diagnose's.
 EXIT_USAGE_CONFIG = 9
 EXIT_LISTEN = 10
 
@@ -58,6 +57,7 @@ class DsmonGroup(click.Group):
     (see 'dsmon diagnose --help')` -- with exit code 2, instead of click's usage block."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # Errors are always handled here, whatever standalone_mode a caller asks for.
         try:
             code = super().main(args, prog_name or "dsmon", complete_var, standalone_mode=False,
                                 **extra)
@@ -74,10 +74,6 @@ class DsmonGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("dsmon: interrupted", err=True)
-            sys.exit(1)
-        except BrokenPipeError:
-            # `dsmon ... | head`: the reader left; say nothing more (Python's documented recipe).
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -310,10 +306,10 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
     """
     from dsmon.agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_target
     from dsmon.agent.daemon import Agent, run_forever
-    from dsmon.paths import HostPaths
     from dsmon.agent.logs import setup_logging
-    from dsmon.diagnose import EXIT_RULES
+    from dsmon.diagnose import EXIT_RULES, EXIT_USAGE
     from dsmon.engine.rules import RuleLoadError, load_rules
+    from dsmon.paths import HostPaths
 
     problems: list[str] = []
     specs = tuple(filter(None, (parse_target(t, "--target", problems) for t in targets)))
@@ -541,6 +537,7 @@ def rules_list(rule_paths):
 @click.option("--rules", "rule_paths", multiple=True, envvar="DSMON_RULES", type=click.Path())
 def rules_explain(rule_id, rule_paths):
     """Show one rule: what it detects, its conditions, hysteresis, and its hints."""
+    from dsmon.diagnose import EXIT_USAGE
     from dsmon.engine.features import FEATURES
     from dsmon.engine.rules import Leaf
 
