@@ -537,14 +537,14 @@ def rules_list(rule_paths):
 @click.option("--rules", "rule_paths", multiple=True, envvar="DSMON_RULES", type=click.Path())
 def rules_explain(rule_id, rule_paths):
     """Show one rule: what it detects, its conditions, hysteresis, and its hints."""
-    from dsmon.diagnose import EXIT_USAGE
     from dsmon.engine.features import FEATURES
     from dsmon.engine.rules import Leaf
 
     by_id = {rule.id: rule for rule in _load_or_exit(rule_paths)}
     rule = by_id.get(rule_id)
     if rule is None:
-        _fail("rules explain", _unknown_rule_ids([rule_id], by_id.values(), "rule"), EXIT_USAGE)
+        raise click.UsageError(_unknown_rule_ids([rule_id], by_id.values(), "rule")[0],
+                               click.get_current_context())
     click.echo(f"{rule.id} ({rule.severity}) from {rule.source}")
     click.echo(f"  {rule.description}")
     click.echo(f"  fires after the condition holds for {rule.for_s:g}s; stays firing "
