@@ -109,6 +109,12 @@ def edge_cases(pid: int, tmp) -> list[tuple[list[str], int, str]]:
         (["agent", "--max-series", "0"], USAGE, "--max-series"),
         (["agent", "--log-level", "loud"], USAGE, "'loud'"),
         (["agent", "--path.procfs", "/nonexistent"], USAGE, "--path.procfs /nonexistent"),
+        (["install-service", "--root", f"{tmp}", "--listen", "garbage"], USAGE,
+         "--listen 'garbage' must be HOST:PORT"),
+        (["install-service", "--root", f"{tmp}", "--listen", "127.0.0.1:99999"], USAGE,
+         "'127.0.0.1:99999'"),
+        (["install-service", "--root", f"{tmp}", "--allow-from", "notacidr"], USAGE,
+         "'notacidr' is not an IP address"),
     ]
 
 
