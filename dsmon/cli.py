@@ -11,25 +11,19 @@ import click
 
 from dsmon import __version__
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
 class Duration(click.ParamType):
+    """A positive duration: 10s, 500ms, 2m, 1h, 1d (dsmon.units, as in the TOML and the rule
+    files), or a bare number of seconds."""
+
     name = "duration"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        match = _DURATION.match(str(value))
-        if str(value).strip().startswith("-"):
-            self.fail(f"{value!r}: a duration must be positive (examples: 10s, 500ms, 2m)",
-                      param, ctx)
-        if not match:
-            self.fail(f"{value!r} is not a duration (examples: 10s, 500ms, 2m)", param, ctx)
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-        if seconds <= 0:
-            self.fail(f"{value!r}: a duration must be positive (examples: 10s, 500ms, 2m)",
+        from dsmon.units import parse_duration
+        text = re.sub(r"\s+", "", str(value))
+        seconds = parse_duration(float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else text,
+                                 "", [], allow_zero=False)
+        if seconds is None:
+            self.fail(f"{value!r} is not a positive duration (examples: 10s, 500ms, 2m)",
                       param, ctx)
         return seconds
 
