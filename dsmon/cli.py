@@ -332,8 +332,8 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
                 **({"directory": capture_dir} if capture_dir else {})))
         rules = load_rules(config.rule_paths)
         problems = _unknown_rule_ids(disabled, rules, "--disable-rule")
-        problems += _unknown_rule_ids(set(config.disabled_rules) - set(disabled), rules,
-                                      f"{config.source}: [rules] disable")
+        problems += _unknown_rule_ids([i for i in config.disabled_rules if i not in disabled],
+                                      rules, f"{config.source}: [rules] disable")
         roots = HostPaths(config.procfs, config.sysfs, config.rootfs)
         if roots != paths:      # the flags' roots were checked at the edge
             problems += [f"{config.source}: [paths] {p.removeprefix('--path.')}"
@@ -346,6 +346,7 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
     try:
         config, loaded_rules = load()
     except ConfigError as exc:
+        # A flag's problem names the flag first (--disable-rule 'x': ...), a file's its path.
         flags_only = all(p.startswith("--") for p in exc.problems)
         _fail("invalid command line" if flags_only else "invalid configuration", exc.problems,
               EXIT_USAGE if flags_only else EXIT_USAGE_CONFIG)
