@@ -271,4 +271,10 @@ def test_a_d_state_target_ends_within_the_window_plus_5s(tmp_path):
     assert elapsed < 2 + 5, elapsed
     assert report["target"]["state"] == "D" and report["window"]["complete"] is True
     assert report["threads"]["d_state_ratio"] > 0.4
-    assert report["target"]["cmdline"]        # /proc/PID/cmdline did not block
+    # None of the reads that take the target's mmap lock blocked: cmdline, environ,
+    # numa_maps, and py-spy's reads of its memory.
+    assert report["target"]["cmdline"]
+    collectors = report["collectors"]
+    assert collectors["environment"]["status"] == "ok", collectors["environment"]
+    assert collectors["numa_maps"]["status"] == "ok", collectors["numa_maps"]
+    assert report["python"]["status"] == "ok", report["python"]
