@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.scenario_matrix                 # all scenarios, writes docs/
     .venv/bin/python -m bench.scenario_matrix --only 'gil-'   # a regex over scenario ids
     .venv/bin/python -m bench.scenario_matrix --list          # ids and expectations, no runs
+    .venv/bin/python -m bench.scenario_matrix --render        # the .md again from the .json
 
 The grid: thread counts 3, 8 and 24 of four workloads (PyTorch matmuls with
 torch.set_num_threads, NumPy matmuls on OpenBLAS with OPENBLAS_NUM_THREADS, pure-Python threads
@@ -59,7 +60,7 @@ INTERVAL = "1s"
 
 MUST, MUST_NOT, ALLOWED = "must", "must-not", "allowed"
 # A cell that fires when either rule fires: the cause is shared (own threads and a neighbour).
-ANY_CONTENTION = "any:thread-oversubscription|cpu-fluctuation-contention"
+ANY_CONTENTION = "any:thread-oversubscription,cpu-fluctuation-contention"
 HINT_TORCH = "hint:torch"
 EXITED = "report:exited"
 KERNEL_THREAD_NAMED = "report:kernel-thread-named"
@@ -190,6 +191,8 @@ def memory_expectations(workload: str, limit_mib: int, rate_mib: float) -> dict[
         "thread-oversubscription": Expect(MUST_NOT, "one busy thread"),
         "gil-contention": Expect(MUST_NOT, "one Python thread"),
         "cpu-fluctuation-gil": Expect(MUST_NOT, "one Python thread"),
+        "cpu-underuse": Expect(MUST_NOT, "one thread that waits on I/O or sleeps between "
+                                         "allocations: no saturated pool"),
         HINT_TORCH: Expect(MUST_NOT, "torch is not loaded"),
         ANY_CONTENTION: Expect(ALLOWED, "not this scenario's subject"),
     }
@@ -380,7 +383,7 @@ def observed(report: dict) -> dict[str, str]:
         if rank > {"firing": 2, "pending": 1, "none": 0}[states.get(event["rule_id"], "none")]:
             states[event["rule_id"]] = event["state"]
         states.setdefault(event["rule_id"], "none")
-    contention = [states.get(rule_id, "none") for rule_id in ANY_CONTENTION[4:].split("|")]
+    contention = [states.get(rule_id, "none") for rule_id in ANY_CONTENTION[4:].split(",")]
     states[ANY_CONTENTION] = ("firing" if "firing" in contention else
                               "pending" if "pending" in contention else "none")
     texts = " ".join(f"{f['summary']} {f['hint']}" for f in report["findings"])
@@ -493,6 +496,16 @@ def render_markdown(run: dict) -> str:
               "| scenario | what runs | exit | s | load before |", "|---|---|---|---|---|"]
     lines += [f"| {row['id']} | {row['title']} | {row.get('rc', row.get('error', ''))} | "
               f"{row['seconds']} | {row['load_before']} |" for row in rows]
+    lines += ["", "## Expectations and their reasons", "",
+              "Every must / must-not cell of the cells shown above, grouped by reason.", "",
+              "| cell | expected | reason | scenarios |", "|---|---|---|---|"]
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        for cell, value in row["cells"].items():
+            if cell in shown and value["expect"] != ALLOWED:
+                grouped.setdefault((cell, value["expect"], value["reason"]), []).append(row["id"])
+    lines += [f"| `{cell}` | {kind} | {reason} | {', '.join(ids)} |"
+              for (cell, kind, reason), ids in sorted(grouped.items())]
     lines.append("")
     return "\n".join(lines)
 
@@ -506,7 +519,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(REPO / "docs" / "scenario-matrix.json"))
     parser.add_argument("--markdown", default=str(REPO / "docs" / "scenario-matrix.md"))
     parser.add_argument("--list", action="store_true", help="print scenarios and expectations")
+    parser.add_argument("--render", action="store_true",
+                        help="no runs: write --markdown again from the --json of a past run")
     args = parser.parse_args(argv)
+    if args.render:
+        try:
+            past = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--render needs the JSON of a past run at {args.json}: {exc}")
+        Path(args.markdown).write_text(render_markdown(past), encoding="utf-8")
+        print(f"wrote {args.markdown}")
+        return 0
     try:
         only = re.compile(args.only)
     except re.error as exc:
