@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.cgroups import _readline, rmdir_when_empty
+from tests.helpers.cgroups import _readline, _stop, rmdir_when_empty, sigkill
 from tests.helpers.spawn import REPO
 
 CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
@@ -89,11 +88,7 @@ class CpuGroup:
                     except OSError:
                         pass
                 return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            sigkill(pids)
             time.sleep(0.05)
 
 
@@ -171,10 +166,7 @@ def started(group, script: Path, *args: str, timeout: float = 60.0, prefix: tupl
             assert process.pid in group.procs(), (process.pid, group.path)
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait()
-        process.stdout.close()
+        _stop(process)
 
 
 def diagnose(monitor, pid: int, duration: str, interval: str = "1s",
