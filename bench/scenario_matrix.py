@@ -55,17 +55,20 @@ THREAD_COUNTS = (3, 8, 24)
 CPUSETS = (1, 2)
 WORKLOADS = ("torch", "numpy", "gil", "hashlib")
 HOG_PHASE = ("--on", "2", "--off", "2")
-DURATION = "8s"          # at 6 s, gil-contention (py-spy warm-up, then for: 3s) fired at 6.0 s: the edge
+# At 6 s gil-contention (py-spy warm-up, then for: 3s) fired at 6.0 s: on the edge.
+DURATION = "8s"
 INTERVAL = "1s"
 
 MUST, MUST_NOT, ALLOWED = "must", "must-not", "allowed"
 # A cell that fires when either rule fires: the cause is shared (own threads and a neighbour).
 ANY_CONTENTION = "any:thread-oversubscription,cpu-fluctuation-contention"
 HINT_TORCH = "hint:torch"
+HINT_GIL = "hint:gil"
 EXITED = "report:exited"
 KERNEL_THREAD_NAMED = "report:kernel-thread-named"
 CGROUP_MEMORY_AS_OWN = "report:cgroup-memory-as-own"
-REPORT_CELLS = (ANY_CONTENTION, HINT_TORCH, EXITED, KERNEL_THREAD_NAMED, CGROUP_MEMORY_AS_OWN)
+REPORT_CELLS = (ANY_CONTENTION, HINT_TORCH, HINT_GIL, EXITED, KERNEL_THREAD_NAMED,
+                CGROUP_MEMORY_AS_OWN)
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,9 @@ def cpu_expectations(workload: str, threads: int, cpus: int, hog: bool) -> dict[
             if threads >= 2 else Expect(MUST_NOT, "one Python thread: nobody waits for the GIL"))
         expected["cpu-fluctuation-gil"] = Expect(
             ALLOWED, "steady GIL-bound load: it swings only if scheduling does")
+        if threads >= 2:
+            expected[HINT_GIL] = Expect(MUST, "GIL-bound code needs GIL advice (processes, "
+                                              "native code that releases it)")
     expected["thread-oversubscription"] = own
     if workload == "gil":
         expected[ANY_CONTENTION] = Expect(ALLOWED, "a neighbour's swing makes the threads wait: "
@@ -388,6 +394,8 @@ def observed(report: dict) -> dict[str, str]:
                               "pending" if "pending" in contention else "none")
     texts = " ".join(f"{f['summary']} {f['hint']}" for f in report["findings"])
     states[HINT_TORCH] = "yes" if re.search(r"torch\.|set_num_threads", texts) else "none"
+    states[HINT_GIL] = "yes" if any("GIL" in f["hint"] for f in report["findings"]
+                                    if f["state"] == "firing") else "none"
     strings = list(_strings(report))
     exited = (report["window"].get("end_reason") == "target exited"
               or any(re.search(r"process exited|target exited", text) for text in strings))
@@ -464,6 +472,13 @@ def render_markdown(run: dict) -> str:
         "## Mismatches",
         "",
     ]
+    by_cell: dict[str, int] = {}
+    for _, cell, _ in mismatches:
+        by_cell[cell] = by_cell.get(cell, 0) + 1
+    if by_cell:
+        lines += ["By cell: " + ", ".join(f"`{cell}` {count}" for cell, count in
+                                          sorted(by_cell.items(), key=lambda kv: -kv[1])) + ".",
+                  ""]
     if mismatches:
         lines += ["| scenario | cell | expected | got | why expected |", "|---|---|---|---|---|"]
         lines += [f"| {sid} | `{cell}` | {value['expect']} | {value['got']} | {value['reason']} |"
