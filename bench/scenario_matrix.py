@@ -6,7 +6,7 @@
     .venv/bin/python -m bench.scenario_matrix --list          # ids and expectations, no runs
     .venv/bin/python -m bench.scenario_matrix --render        # the .md again from the .json
 
-The grid: thread counts 3, 8 and 24 of four workloads (PyTorch matmuls with
+The grid: thread counts 3, 4, 8 and 24 of four workloads (PyTorch matmuls with
 torch.set_num_threads, NumPy matmuls on OpenBLAS with OPENBLAS_NUM_THREADS, pure-Python threads
 holding the GIL, hashlib threads that release it), on a cpuset of 1 or 2 CPUs (taskset), alone
 or beside a hog that fills the same CPUs 2 s on / 2 s off (one hashlib thread per CPU, with
@@ -52,7 +52,7 @@ HELPERS = REPO / "tests" / "helpers"
 CPU_WORKLOADS = HELPERS / "cpu_workloads.py"
 PAGE_CACHE = HELPERS / "page_cache.py"
 MIB = 1 << 20
-THREAD_COUNTS = (3, 8, 24)
+THREAD_COUNTS = (3, 4, 8, 24)
 CPUSETS = (1, 2)
 WORKLOADS = ("torch", "numpy", "gil", "hashlib")
 HOG_PHASE = ("--on", "2", "--off", "2")
