@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.scenario_matrix --only 'gil-'   # a regex over scenario ids
     .venv/bin/python -m bench.scenario_matrix --list          # ids and expectations, no runs
     .venv/bin/python -m bench.scenario_matrix --render        # the .md again from the .json
+    .venv/bin/python -m bench.scenario_matrix --previous OLD.json  # also list changed cells
 
 The grid: thread counts 3, 4, 8 and 24 of four workloads (PyTorch matmuls with
 torch.set_num_threads, NumPy matmuls on OpenBLAS with OPENBLAS_NUM_THREADS, pure-Python threads
@@ -440,6 +441,20 @@ SYMBOL = {MUST: "+", MUST_NOT: "-", ALLOWED: "~"}
 GOT = {"firing": "F", "yes": "F", "pending": "p", "none": ".", "error": "E"}
 
 
+def changes(run: dict, previous: dict) -> list[tuple[str, str, str, str]]:
+    """(scenario, cell, got before, got now) for each cell whose outcome (fired or not)
+    differs from a previous run: flaky cells on an unchanged tree, effects of a rule change."""
+    before = {row["id"]: row["cells"] for row in previous["scenarios"]}
+    changed = []
+    for row in run["scenarios"]:
+        for cell, value in row["cells"].items():
+            old = before.get(row["id"], {}).get(cell)
+            if old is not None and (old["got"] in ("firing", "yes")) != (
+                    value["got"] in ("firing", "yes")):
+                changed.append((row["id"], cell, old["got"], value["got"]))
+    return changed
+
+
 def render_markdown(run: dict) -> str:
     rows = run["scenarios"]
     mismatches = [(row["id"], cell, value) for row in rows
@@ -511,7 +526,16 @@ def render_markdown(run: dict) -> str:
             cells.append(text if value["ok"] else f"**{text} ✗**")
         lines.append(f"| {row['id']} | " + " | ".join(cells) + " |")
     lines += ["", "Quiet everywhere, as expected (not shown): "
-              + ", ".join(f"`{cell}`" for cell in quiet) + ".", "", "## Scenarios", "",
+              + ", ".join(f"`{cell}`" for cell in quiet) + ".", ""]
+    if "changes" in run:
+        lines += ["## Changed since the previous run", "",
+                  f"Against the run of {run['changes']['previous_date']} (load "
+                  f"{run['changes']['previous_load']}): a cell that fired in one run and not "
+                  "in the other. On an unchanged tree these are the cells that flake.", ""]
+        lines += ([f"- {sid} `{cell}`: {old} -> {new}"
+                   for sid, cell, old, new in run["changes"]["cells"]] or ["None."])
+        lines.append("")
+    lines += ["## Scenarios", "",
               "| scenario | what runs | exit | s | load before |", "|---|---|---|---|---|"]
     lines += [f"| {row['id']} | {row['title']} | {row.get('rc', row.get('error', ''))} | "
               f"{row['seconds']} | {row['load_before']} |" for row in rows]
@@ -538,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(REPO / "docs" / "scenario-matrix.json"))
     parser.add_argument("--markdown", default=str(REPO / "docs" / "scenario-matrix.md"))
     parser.add_argument("--list", action="store_true", help="print scenarios and expectations")
+    parser.add_argument("--previous", help="JSON of an earlier run: list the cells that changed")
     parser.add_argument("--render", action="store_true",
                         help="no runs: write --markdown again from the --json of a past run")
     args = parser.parse_args(argv)
@@ -553,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         only = re.compile(args.only)
     except re.error as exc:
         parser.error(f"--only {args.only!r} is not a regular expression: {exc}")
+    previous = None
+    if args.previous:
+        try:
+            previous = json.loads(Path(args.previous).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--previous {args.previous}: not the JSON of a run: {exc}")
     chosen = [s for s in scenarios() if only.search(s.id)]
     if not chosen:
         parser.error(f"--only {args.only!r} matches no scenario id (see --list)")
@@ -589,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "cells": cells})
     run["wall_seconds"] = round(time.monotonic() - began, 1)
     run["load_after"] = _loadavg()
+    if args.previous:
+        run["changes"] = {"previous_date": previous["date"],
+                          "previous_load": f"{previous['load_before']} / {previous['load_after']}",
+                          "cells": changes(run, previous)}
     Path(args.json).write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
     Path(args.markdown).write_text(render_markdown(run), encoding="utf-8")
     print(f"wrote {args.json} and {args.markdown}")
