@@ -594,8 +594,11 @@ def main(argv: list[str] | None = None) -> int:
                 if expect.kind != ALLOWED or cell in REPORT_CELLS:
                     print(f"    {expect.kind:8} {cell}: {expect.reason}")
         return 0
-    command = "python -m bench.scenario_matrix" + (f" {' '.join(sys.argv[1:])}"
-                                                   if argv is None and sys.argv[1:] else "")
+    python = Path(sys.executable)
+    if python.is_relative_to(REPO):
+        python = python.relative_to(REPO)
+    command = f"{python} -m bench.scenario_matrix" + (f" {' '.join(sys.argv[1:])}"
+                                                      if argv is None and sys.argv[1:] else "")
     run = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc)
            .strftime("%Y-%m-%d %H:%M UTC"),
            "host": f"{os.cpu_count()} CPUs, kernel {platform.release()}",
