@@ -553,6 +553,14 @@ def render_markdown(run: dict) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: Path, run: dict) -> None:
+    """The run as JSON, one line per scenario (a diff between runs shows scenarios)."""
+    head = json.dumps({key: value for key, value in run.items() if key != "scenarios"},
+                      indent=1)
+    rows = ",\n".join("  " + json.dumps(row) for row in run["scenarios"])
+    path.write_text(f'{head[:-2]},\n "scenarios": [\n{rows}\n ]\n}}\n', encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scenario_matrix",
                                      description=__doc__.split("\n\n")[0])
@@ -627,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         run["changes"] = {"previous_date": previous["date"],
                           "previous_load": f"{previous['load_before']} / {previous['load_after']}",
                           "cells": changes(run, previous)}
-    Path(args.json).write_text(json.dumps(run, indent=1) + "\n", encoding="utf-8")
+    write_json(Path(args.json), run)
     Path(args.markdown).write_text(render_markdown(run), encoding="utf-8")
     print(f"wrote {args.json} and {args.markdown}")
     return 0
