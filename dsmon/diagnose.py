@@ -208,7 +208,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     _name_the_target_kind(report["target"], static.identity, ticks)
     start = live[0].mono_ts if live else None
     report["engine"] = monitor.engine_name or None
-    report["python"] = python_section(stacks, paths, options, body["threads"])
+    report["python"] = python_section(stacks, paths, options, body["threads"],
+                                      static.identity.kernel_thread)
     report["findings"] = []
     # The host's findings (GPU health) beside the target's, most severe first.
     for finding in sorted(monitor.findings() + host.findings(),
@@ -253,8 +254,9 @@ def _name_the_target_kind(target: dict, identity, ticks: list[Tick]) -> None:
 
 
 def _start_stacks(paths: HostPaths, pid: int, static, options: DiagnoseOptions):
-    # A replayed snapshot has no process behind it to read stacks from.
-    if not options.stacks or not paths.is_live:
+    # A replayed snapshot has no process behind it to read stacks from, and a kernel thread
+    # has no user space (py-spy would say "exited").
+    if not options.stacks or not paths.is_live or static.identity.kernel_thread:
         return None
     pyspy = PySpy(options.pyspy_path, procfs=paths.procfs, explicit=bool(options.pyspy_path))
     profile = StackProfile(NamespaceTids(paths, pid, static.identity.nspid))
@@ -263,10 +265,12 @@ def _start_stacks(paths: HostPaths, pid: int, static, options: DiagnoseOptions):
                         is_target=lambda: is_same_process(paths, pid, start_ticks)).start()
 
 
-def python_section(stacks, paths: HostPaths, options: DiagnoseOptions, threads: dict) -> dict:
+def python_section(stacks, paths: HostPaths, options: DiagnoseOptions, threads: dict,
+                   kernel_thread: bool = False) -> dict:
     """The `python` section, and each sampled thread's Python stack in the thread table."""
     if stacks is None:
         reason = "disabled (--no-stacks)" if not options.stacks else \
+            "kernel thread: no user space, no Python stacks" if kernel_thread else \
             "not a live host (replayed snapshot): no process to read stacks from"
         return {"status": "no_data", "error": reason, "hint": ""}
     rows: dict[int, dict] = {}

@@ -27,26 +27,9 @@ pytestmark = pytest.mark.slow
 SUITE = ("gil-t8-c2", "hashlib-t8-c2", "numpy-t8-c2", "torch-t8-c1-hog", "torch-t1-c2",
          "page-cache-dirty", "page-cache-written-back", "grow-fast", "kernel-thread")
 
-# Cells that fail on today's rules (measured), with the mismatch; remove a line when it passes.
-TODAY = {
-    ("gil-t8-c2", "thread-oversubscription"):
-        "fires for 8 GIL-bound threads (busy threads > cores with GIL hand-off run-queue wait); "
-        "nothing arbitrates it against gil-contention yet",
-    ("gil-t8-c2", "hint:torch"):
-        "thread-oversubscription's hint says torch.set_num_threads(1) to a process without torch",
-    ("hashlib-t8-c2", "hint:torch"):
-        "thread-oversubscription's hint says torch.set_num_threads(1) to a process without torch",
-    ("numpy-t8-c2", "hint:torch"):
-        "thread-oversubscription's hint says torch.set_num_threads(1) to a NumPy process "
-        "without torch (OPENBLAS_NUM_THREADS is the knob)",
-    ("grow-fast", "hint:torch"):
-        "oom-risk-critical's hint proposes torch.autocast to a process without torch",
-    ("kernel-thread", "report:exited"):
-        "the environment and py-spy collectors report pid 2 as 'the process exited'",
-    ("kernel-thread", "report:kernel-thread-named"):
-        "nothing in the report says pid 2 is a kernel thread",
-    ("kernel-thread", "report:cgroup-memory-as-own"):
-        "the report gives the root cgroup's usage as pid 2's cgroup memory",
+# Cells that fail on today's code (measured), with the mismatch; remove a line when it passes.
+# None do since issue 15 (arbitration, runtime-aware hints) and 18 (kernel threads) landed.
+TODAY: dict[tuple[str, str], str] = {
 }
 
 SCENARIOS = {scenario.id: scenario for scenario in scenarios() if scenario.id in SUITE}
