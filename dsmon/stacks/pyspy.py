@@ -174,7 +174,7 @@ def _stat(procfs: str, pid: int) -> StatFields | None:
         return None
 
 
-def _run_state(procfs: str, pid: int) -> str | None:
+def run_state(procfs: str, pid: int) -> str | None:
     stat = _stat(procfs, pid)
     return stat.state if stat is not None else None
 
@@ -248,7 +248,7 @@ class PySpy:
                              "and was stopped")
         if child.returncode != 0:
             kind, message = classify(stderr.decode(errors="replace"), child.returncode)
-            if kind == "failed" and _run_state(self.procfs, pid) is None:
+            if kind == "failed" and run_state(self.procfs, pid) is None:
                 kind, message = "gone", f"process {pid} exited during the dump"
             raise PySpyError(kind, message)
         return stdout, cpu_s
@@ -259,7 +259,7 @@ class PySpy:
         (state T before the call) is left as it was."""
         deadline = time.monotonic() + 0.2
         while True:
-            after = _run_state(self.procfs, pid)
+            after = run_state(self.procfs, pid)
             if after not in ("T", "t") or before in ("T", "t"):
                 return
             if time.monotonic() >= deadline:
