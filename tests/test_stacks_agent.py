@@ -319,7 +319,8 @@ def test_a_gil_bound_process_reaches_alertmanager_as_dsmon_gil_bound(tmp_path, r
             python_target("pure", "3") as pid:
         try:
             started = time.monotonic()
-            stack.start_agent(0, {"gilbound": pid})
+            # gil-contention captures a dump: into this test's directory, not /var/lib/dsmon.
+            stack.start_agent(0, {"gilbound": pid}, env={"STATE_DIRECTORY": str(tmp_path)})
             alert = stack.wait_until(lambda: [
                 a for a in stack.alertmanager_alerts()
                 if a["labels"].get("alertname") == "DsmonGILBound"
