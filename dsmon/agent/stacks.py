@@ -23,10 +23,11 @@ from dsmon.stacks.sampler import Pacing, StackSampler
 
 log = logging.getLogger("dsmon.stacks")
 
-# Measured (docs/python-stacks.md): a non-blocking dump of a 64-thread target costs ~25 ms of
-# CPU, mostly py-spy finding the interpreter, so 0.8% of a core per target is one dump every
-# ~3 s; the rest of the 1% budget is the agent's own work on the samples.
-DEFAULT_CPU_BUDGET = 0.008
+# Measured (docs/python-stacks.md): a non-blocking dump of a 64-thread target costs 24-33 ms of
+# CPU (more on a loaded host), half of it py-spy finding the interpreter again, so 0.7% of a
+# core per target is one dump every 3.5-4.5 s; the rest of the 1% is the agent's own
+# work around the samples (features, metrics), measured at ~0.15%.
+DEFAULT_CPU_BUDGET = 0.007
 STACK_KEYS = {"enabled", "cpu_budget", "min_interval", "max_interval", "window",
               "debug_endpoint", "py_spy", "timeout"}
 _TEXT = "text/plain; charset=utf-8"
