@@ -72,7 +72,7 @@ def parse_stack_settings(table, source: str, problems: list[str], parse_duration
             values["cpu_budget"] = float(budget)
         else:
             problems.append(f"{where} cpu_budget must be a share of one core per target, "
-                            f"0 < x <= 1 (e.g. 0.008 for 0.8%), not {budget!r}")
+                            f"0 < x <= 1 (e.g. 0.007 for 0.7%), not {budget!r}")
     for key, attribute in (("min_interval", "min_interval_s"), ("max_interval", "max_interval_s"),
                            ("window", "window_s"), ("timeout", "timeout_s")):
         if key in table:
@@ -111,7 +111,7 @@ class AgentStacks:
             return _Followed(key, None, "not_python")
         settings = self.settings
         pacing = Pacing(settings.min_interval_s, settings.cpu_budget, settings.max_interval_s,
-                        settings.window_s)
+                        settings.window_s, skip_stopped=True)
         profile = StackProfile(NamespaceTids(self.paths, runtime.resolved.pid,
                                              runtime.static.identity.nspid))
         sampler = StackSampler(self._pyspy(), runtime.resolved.pid, profile, pacing=pacing)

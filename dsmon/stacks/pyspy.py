@@ -299,7 +299,15 @@ def _communicate(child: subprocess.Popen, timeout_s: float) -> tuple[bytes, byte
                 break                     # the caller reports the size; stop reading
     if timed_out or size > STDOUT_LIMIT + 65536:
         child.kill()
-    _, status, usage = os.wait4(child.pid, 0)   # reap: no zombie py-spy left behind
+    # Both pipes closed is not an exit: py-spy may still hang, so the deadline holds here too.
+    pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+    while not pid and not timed_out and time.monotonic() < deadline:
+        time.sleep(0.002)
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+    if not pid:
+        timed_out = True
+        child.kill()
+        _, status, usage = os.wait4(child.pid, 0)   # reap: no zombie py-spy left behind
     child.returncode = os.waitstatus_to_exitcode(status)
     for stream in chunks:
         stream.close()

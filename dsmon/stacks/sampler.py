@@ -45,6 +45,9 @@ class Pacing:
     cpu_budget_cores: float | None = None     # None: a fixed period
     max_period_s: float = 30.0
     window_s: float | None = None             # rolling windows; None: one window
+    # Continuous sampling skips a stopped target (its stacks cannot change); a one-shot
+    # diagnosis keeps dumping it, since where it stopped is the answer.
+    skip_stopped: bool = False
 
 
 class StackSampler:
@@ -90,7 +93,8 @@ class StackSampler:
             started = time.monotonic()
             own_cpu = time.thread_time()
             try:
-                if run_state(self.pyspy.procfs, self.pid) in ("T", "t"):
+                if self.pacing.skip_stopped and run_state(self.pyspy.procfs,
+                                                           self.pid) in ("T", "t"):
                     # A stopped target's stacks cannot change: nothing to sample until it runs.
                     raise PySpyError("target_stopped", f"process {self.pid} is stopped")
                 dump = self.pyspy.measured_dump(self.pid)
