@@ -96,7 +96,12 @@ def test_folded_stacks_and_hot_frames_per_pool():
                                                      "share": 0.8}
     assert pools["MainThread"]["active_threads"] == 0 and pools["MainThread"]["hot_frames"] == []
     rotated = profile.rotated()
-    assert rotated.samples == 0 and rotated.take_tick().samples == 4   # no sample lost
+    tick = rotated.take_tick()
+    assert rotated.samples == 0 and tick.samples == 4                  # no sample lost
+    assert tick.python_host_tids == {1, 2, 3}
+    # The next window knows only the Python threads it saw (a churning pool stays bounded).
+    rotated.add([_thread(4, "tokenizer_0", True, True, "encode", "run")])
+    assert rotated.rotated().take_tick().python_host_tids == {4}
 
 
 @pytest.mark.parametrize("table, problem", [

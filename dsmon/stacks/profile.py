@@ -52,8 +52,13 @@ class NamespaceTids:
             tids = list_dir(self.paths.pid(self.pid, "task"))
         except SourceError:
             return
+        # Threads that exited leave the map, so a long-lived agent on a churning pool keeps
+        # it the size of the live thread list.
+        alive = {int(name) for name in tids if name.isdigit()}
+        self._map = {ns: host for ns, host in self._map.items() if host in alive}
+        known = set(self._map.values())
         for name in tids:
-            if not name.isdigit() or int(name) in self._map.values():
+            if not name.isdigit() or int(name) in known:
                 continue
             try:
                 status = read_text(self.paths.task(self.pid, int(name), "status"), True)
@@ -146,7 +151,13 @@ class StackProfile:
         """A new, empty window for the same target; samples not yet taken by a tick move with
         it, so the engine sees every sample exactly once across a rotation."""
         fresh = StackProfile(self.tids)
-        fresh._tick = self._tick
+        # The Python threads known to the features are this window's, not every thread ever
+        # seen: per-request threads would otherwise grow the set for as long as the agent runs.
+        window_tids = frozenset(p.host_tid for p in self.threads.values()
+                                if p.host_tid is not None)
+        pending = self._tick
+        fresh._tick = StackTick(pending.samples, pending.gil_held, pending.active_threads,
+                                window_tids, pending.holder_tids)
         return fresh
 
     def pools(self, limit: int = HOT_FRAMES) -> list[dict]:
