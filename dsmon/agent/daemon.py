@@ -36,6 +36,7 @@ from dsmon.agent.runtime import TargetRuntime
 from dsmon.agent.stacks import AgentStacks
 from dsmon.agent.targets import TargetResolver
 from dsmon.collectors.topology import TopologyCollector
+from dsmon.engine.monitor import HostRuleMonitor
 from dsmon.model import Status, run_collector
 from dsmon.paths import HostPaths
 from dsmon.sampler import HostSampler, TargetNotFound
@@ -73,6 +74,7 @@ class Agent:
                                 slow_inline=False)
         self.gpu_snapshot = None
         self.latest_gpu = None
+        self.host_monitor = HostRuleMonitor(rules)    # the host's rules: GPU health
         self.notifier = notifier or Notifier()
         self.targets: dict[str, TargetRuntime] = {}
         self.lock = threading.RLock()
@@ -163,6 +165,11 @@ class Agent:
                                         batch.duration_s, time.monotonic())
         self.gpu_snapshot = batch.data if batch.ok else None
         self.latest_gpu = batch
+        if self.gpu_snapshot is not None:
+            with self.lock:
+                changed = self.host_monitor.observe_gpu(self.gpu_snapshot, time.monotonic(),
+                                                        time.time())
+                self._count_transitions(changed, "host")
 
     def collect_gpus_slow(self) -> None:
         # Without a driver this is "no data" (the fast job logs it once), not a job failure.
@@ -227,19 +234,27 @@ class Agent:
             runtimes = list(self.targets.values())
         changed = False
         for runtime in runtimes:
-            for finding, state in runtime.evaluate(now, wall):
-                changed = True
-                if state == "firing":
-                    key = (finding.rule_id, finding.severity, runtime.label)
-                    self.fired[key] = self.fired.get(key, 0) + 1
-                    log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
-                                finding.severity, runtime.label, finding.summary)
-                    if finding.capture == "stack" and self.captures.should_capture(runtime.label):
-                        self._schedule_capture(runtime, finding)
-                elif state == "resolved":
-                    log.info("finding %s resolved on %s", finding.rule_id, runtime.label)
+            transitions = runtime.evaluate(now, wall)
+            changed |= bool(transitions)
+            for finding in self._count_transitions(transitions, runtime.label):
+                if finding.capture == "stack" and self.captures.should_capture(runtime.label):
+                    self._schedule_capture(runtime, finding)
         if changed:   # otherwise the sample job's publication already says it all
             self.publish()
+
+    def _count_transitions(self, transitions, label: str) -> list:
+        """Count and log state changes; returns the findings that started firing."""
+        fired = []
+        for finding, state in transitions:
+            if state == "firing":
+                key = (finding.rule_id, finding.severity, label)
+                self.fired[key] = self.fired.get(key, 0) + 1
+                log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
+                            finding.severity, label, finding.summary)
+                fired.append(finding)
+            elif state == "resolved":
+                log.info("finding %s resolved on %s", finding.rule_id, label)
+        return fired
 
     def _schedule_capture(self, runtime, finding) -> None:
         """py-spy runs on the slow executor: a slow dump must not hold back the rules."""
@@ -295,10 +310,8 @@ class Agent:
             snapshot = self.gpu_snapshot
             if snapshot is not None:
                 render_gpus(out, snapshot, {r.resolved.pid: r.label for r in self.targets.values()})
-                for finding in snapshot.findings:
-                    if finding.severity in ("warning", "critical"):
-                        active.add((f"gpu-{finding.code.replace('_', '-')}", finding.severity,
-                                    "host"))
+            active |= {(f.rule_id, f.severity, "host")
+                       for f in self.host_monitor.engine.current() if f.state == "firing"}
             render_findings(out, active, self.fired)
             render_exits(out, self.exits)
             self.dropped_series += out.dropped
@@ -410,6 +423,7 @@ class Agent:
             self.stacks.reconfigure(config.stacks, config.captures.pyspy_path)
             self.config = config
             self.rules = rules
+            self.host_monitor = HostRuleMonitor(rules)
             self.resolver = TargetResolver(self.paths, config.targets)
             for runtime in self.targets.values():
                 runtime.close()
