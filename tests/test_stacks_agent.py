@@ -25,6 +25,7 @@ import yaml
 from dsmon.agent.config import ConfigError, load_config
 from dsmon.agent.stacks import AgentStacks, StackSettings
 from dsmon.paths import HostPaths
+from dsmon.sampler import TargetSampler
 from dsmon.sinks.prometheus import MetricsBuilder
 from dsmon.stacks.profile import NamespaceTids, StackProfile
 from dsmon.stacks.pyspy import Frame, PySpy, ThreadStack, find_pyspy
@@ -38,13 +39,12 @@ UNIT = ROOT / "systemd" / "dsmon.service"
 needs_pyspy = pytest.mark.skipif(find_pyspy() is None, reason="py-spy is not installed")
 
 
-def fake_runtime(label: str, pid: int, python: bool = True) -> SimpleNamespace:
-    """What AgentStacks reads of a TargetRuntime."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return SimpleNamespace(label=label, gone="",
-                           resolved=SimpleNamespace(pid=pid, start_ticks=int(stat[19])),
-                           static=SimpleNamespace(identity=SimpleNamespace(nspid=[pid])),
-                           monitor=SimpleNamespace(extractor=SimpleNamespace(python=python)))
+def fake_runtime(label: str, pid: int) -> SimpleNamespace:
+    """What AgentStacks reads of a TargetRuntime: the real identity of a real process."""
+    static = TargetSampler(HostPaths(), pid).static()
+    return SimpleNamespace(label=label, gone="", static=static,
+                           resolved=SimpleNamespace(pid=pid,
+                                                    start_ticks=static.identity.start_ticks))
 
 
 def rendered(stacks: AgentStacks) -> str:
@@ -106,7 +106,7 @@ def test_folded_stacks_and_hot_frames_per_pool():
 
 @pytest.mark.parametrize("table, problem", [
     ("cpu_budget = 5", "cpu_budget must be a share of one core"),
-    ("window = \"soon\"", "window: 'soon' is not a positive duration"),
+    ("window = \"soon\"", "window: 'soon' is not a duration"),
     ("debug_endpoint = \"yes\"", "debug_endpoint must be true or false"),
     ("rate = 10", "unknown key 'rate'"),
     ("min_interval = \"1m\"\nmax_interval = \"10s\"", "min_interval (60 s) is above"),
@@ -167,7 +167,7 @@ def test_hot_stacks_are_served_only_when_enabled_and_behind_basic_auth():
         url = f"http://127.0.0.1:{server.server_address[1]}/debug/stacks"
         try:
             stacks.follow([fake_runtime("api", hot), fake_runtime("frozen", stopped),
-                           fake_runtime("native", sleeper.pid, python=False)])
+                           fake_runtime("native", sleeper.pid)])
             body = wait_for(lambda: "dsmon_process_python_gil_held_ratio" in rendered(stacks)
                             and rendered(stacks), 10, "a window of samples")
             assert metric(body, "dsmon_stack_sampler_up", target="api") == 1

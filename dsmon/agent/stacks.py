@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
+from dsmon.features.python import is_python
 from dsmon.paths import HostPaths
 from dsmon.stacks.profile import NamespaceTids, StackProfile
 from dsmon.stacks.pyspy import PySpy
@@ -107,7 +108,7 @@ class AgentStacks:
 
     def _start(self, runtime) -> _Followed:
         key = (runtime.resolved.pid, runtime.resolved.start_ticks)
-        if not runtime.monitor.extractor.python:
+        if not is_python(runtime.static.identity):
             return _Followed(key, None, "not_python")
         settings = self.settings
         pacing = Pacing(settings.min_interval_s, settings.cpu_budget, settings.max_interval_s,

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dsmon.analysis import pool_of
+from dsmon.features.threads import pool_of
 from dsmon.paths import HostPaths
 from dsmon.sources import SourceError, list_dir, read_text
 from dsmon.stacks.pyspy import ThreadStack

@@ -113,6 +113,8 @@ class StackSampler:
                     return
             else:
                 with self._lock:
+                    # Spent even when it is dropped: the budget counts what py-spy used.
+                    self.cpu_seconds_total += dump.cpu_s
                     if self._stop.is_set():
                         return
                     now = time.monotonic()
@@ -123,7 +125,7 @@ class StackSampler:
                     self.samples_total += 1
                     self.last_sample_mono = now
                     cost = dump.cpu_s + time.thread_time() - own_cpu
-                    self.cpu_seconds_total += cost
+                    self.cpu_seconds_total += cost - dump.cpu_s
                     self._cost_s = cost if self._cost_s is None else \
                         self._cost_s + COST_SMOOTHING * (cost - self._cost_s)
                     self.period_s = self._period()
