@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
+from dsmon.collectors.process import is_same_process
 from dsmon.features.python import is_python
 from dsmon.paths import HostPaths
 from dsmon.stacks.profile import NamespaceTids, StackProfile
@@ -115,7 +116,9 @@ class AgentStacks:
                         settings.window_s, skip_stopped=True)
         profile = StackProfile(NamespaceTids(self.paths, runtime.resolved.pid,
                                              runtime.static.identity.nspid))
-        sampler = StackSampler(self._pyspy(), runtime.resolved.pid, profile, pacing=pacing)
+        pid, start_ticks = key
+        sampler = StackSampler(self._pyspy(), pid, profile, pacing=pacing,
+                               is_target=lambda: is_same_process(self.paths, pid, start_ticks))
         log.info("target %s: sampling Python stacks (py-spy dump --nonblocking, %.1f%% of a "
                  "core at most)", runtime.label, 100 * settings.cpu_budget)
         return _Followed(key, sampler.start(), "")

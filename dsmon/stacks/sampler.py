@@ -52,9 +52,13 @@ class Pacing:
 
 class StackSampler:
     def __init__(self, pyspy: PySpy, pid: int, profile: StackProfile,
-                 period_s: float = DEFAULT_PERIOD_S, pacing: Pacing | None = None):
+                 period_s: float = DEFAULT_PERIOD_S, is_target=None,
+                 pacing: Pacing | None = None):
         self.pyspy = pyspy
         self.pid = pid
+        # Called after each dump: False once the pid names another process (pid reuse), whose
+        # stacks must not join the target's profile.
+        self.is_target = is_target
         self.profile = profile
         self.pacing = pacing or Pacing(period_s)
         self.period_s = self.pacing.period_s
@@ -116,6 +120,9 @@ class StackSampler:
                     # Spent even when it is dropped: the budget counts what py-spy used.
                     self.cpu_seconds_total += dump.cpu_s
                     if self._stop.is_set():
+                        return
+                    if self.is_target and not self.is_target():
+                        self.state = "gone"
                         return
                     now = time.monotonic()
                     self.profile.add(dump.threads, now - started)
