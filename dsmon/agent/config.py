@@ -9,6 +9,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 
+from dsmon.agent.stacks import STACK_KEYS, StackSettings, parse_stack_settings
 from dsmon.stacks.capture import CaptureSettings
 from dsmon.units import parse_duration
 
@@ -63,6 +64,7 @@ class AgentConfig:
     sysfs: str = "/sys"
     rootfs: str = "/"
     captures: CaptureSettings = field(default_factory=CaptureSettings)
+    stacks: StackSettings = field(default_factory=StackSettings)
     source: str = "built-in defaults"
 
     def with_overrides(self, **overrides) -> "AgentConfig":
@@ -113,6 +115,7 @@ _KEYS = {
     "targets": set(TARGET_KINDS) | {"name"},
     "captures": {"enabled", "dir", "min_interval", "max_bytes", "keep", "max_age", "locals",
                  "py_spy", "timeout"},
+    "stacks": STACK_KEYS,
 }
 
 
@@ -139,7 +142,7 @@ def parse_config(document: dict, source: str) -> AgentConfig:
     problems: list[str] = []
     for key in sorted(set(document) - set(_KEYS)):
         problems.append(f"{source}: unknown section [{key}] (allowed: agent, paths, rules, "
-                        "targets, captures)")
+                        "targets, captures, stacks)")
     agent = document.get("agent", {})
     values: dict = {"source": source}
     if not isinstance(agent, dict):
@@ -212,6 +215,9 @@ def parse_config(document: dict, source: str) -> AgentConfig:
         values["targets"] = tuple(targets)
     if "captures" in document:
         values["captures"] = _parse_captures(document["captures"], source, problems)
+    if "stacks" in document:
+        values["stacks"] = parse_stack_settings(document["stacks"], source, problems,
+                                                parse_duration)
     if problems:
         raise ConfigError(problems)
     return replace(AgentConfig(), **values)
