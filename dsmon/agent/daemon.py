@@ -33,6 +33,7 @@ from dsmon.agent.render import (render_exits, render_findings, render_gpus, rend
                                 render_target)
 from dsmon.gpu.sample import GpuCollector
 from dsmon.agent.runtime import TargetRuntime
+from dsmon.agent.stacks import AgentStacks
 from dsmon.agent.targets import TargetResolver
 from dsmon.collectors.topology import TopologyCollector
 from dsmon.engine.monitor import HostRuleMonitor
@@ -89,6 +90,7 @@ class Agent:
         self.exits: dict[tuple[str, str], int] = {}           # (target, reason)
         self.oom_killed: dict[str, float] = {}                # target -> when (monotonic)
         self.captures = CaptureStore(config.captures)
+        self.stacks = AgentStacks(config.stacks, self.paths, config.captures.pyspy_path)
         self.stopping = threading.Event()
         self.exposition = Exposition(self._self_metrics)
         self.scheduler: BackgroundScheduler | None = None
@@ -189,6 +191,7 @@ class Agent:
             batches["gpu"] = self.latest_gpu   # the GPU rules read the target's GPU memory
         with self.lock:
             runtimes = list(self.targets.values())
+        self.stacks.follow(runtimes)
         # Per-target collectors: healthy when they worked for every target this cycle.
         cycle: dict[str, tuple[bool, float]] = {}
         for runtime in runtimes:
@@ -197,7 +200,7 @@ class Agent:
             if self.gpu_snapshot is not None:
                 with runtime.lock:
                     runtime.monitor.follow_gpu_locality(self.gpu_snapshot, self.gpu.topology)
-            tick = runtime.sample(batches)
+            tick = runtime.sample({**batches, **self.stacks.batches(runtime)})
             for name in ("process", "threads", "cgroup"):
                 batch = tick.batches.get(name)
                 if batch is not None:
@@ -353,6 +356,7 @@ class Agent:
             out.counter("dsmon_stack_captures", "py-spy captures taken when a finding fired "
                         "(skipped: rate-limited per target).",
                         self.captures.results.get(result, 0), result=result)
+        self.stacks.render(out, now)
         return out.build()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -416,6 +420,7 @@ class Agent:
         with self.lock:
             if config.captures != self.config.captures:
                 self.captures = CaptureStore(config.captures)
+            self.stacks.reconfigure(config.stacks, config.captures.pyspy_path)
             self.config = config
             self.rules = rules
             self.host_monitor = HostRuleMonitor(rules)
@@ -437,6 +442,7 @@ class Agent:
         with self.lock:
             for runtime in self.targets.values():
                 runtime.close()
+        self.stacks.close()
         self.notifier.close()
 
 

@@ -21,6 +21,7 @@ def render_text(report: dict) -> str:
         f"(every {window['interval_seconds']} s)")
     if not window["complete"]:
         out(f"PARTIAL REPORT: {window['end_reason']}"
+            + (f" ({window['gone_reason']})" if window.get("gone_reason") else "")
             + (f" at {window['target_exited_at']}" if window.get("target_exited_at") else ""))
     out("")
 
@@ -76,7 +77,8 @@ def render_text(report: dict) -> str:
     if target:
         out("== Target")
         out(f"  pid {target['pid']} ({target['comm']}) user {target.get('user') or target.get('uid')}"
-            f" state {target['state']} threads {target['threads']}")
+            f" state {target['state']} threads {target['threads']}"
+            + (f" ({target['kind']})" if target.get("kind", "process") != "process" else ""))
         out(f"  cmdline: {' '.join(target.get('cmdline') or []) or 'n/a'}")
         out(f"  exe: {target.get('exe') or 'n/a'}")
         out(f"  cgroup ({target.get('cgroup_version')}): {target.get('cgroup') or 'n/a'}")
@@ -95,22 +97,25 @@ def render_text(report: dict) -> str:
             f"-> capacity {effective['capacity_cores']:g} cores on NUMA node(s) "
             f"{', '.join(map(str, effective['numa_nodes'])) or 'n/a'}")
         mem = target["memory"]
-        out(f"  memory RSS {_bytes(mem['rss_bytes'])} (anon {_bytes(mem['rss_anon_bytes'])}, file "
-            f"{_bytes(mem['rss_file_bytes'])}), peak {_bytes(mem['peak_rss_bytes'])}, swap "
-            f"{_bytes(mem['swap_bytes'])}; growth "
-            f"{_num(mem['rss_slope_bytes_per_second'] and mem['rss_slope_bytes_per_second'] / 2**20, '{:.2f}')} MiB/s")
-        cgroup = mem.get("cgroup")
-        if cgroup:
-            out(f"  cgroup memory: limit {_bytes(cgroup['limit_bytes']) if cgroup['limit_bytes'] else 'none'}"
-                + (f" (set at {cgroup['limit_set_at']})" if cgroup.get("limit_set_at") else "")
-                + f", usage {_bytes(cgroup['usage_bytes'])}: unreclaimable "
-                f"{_bytes(cgroup['unreclaimable_bytes'])}, page cache "
-                f"{_bytes((cgroup['inactive_file_bytes'] or 0) + (cgroup['active_file_bytes'] or 0))}"
-                f" (kubelet working set {_bytes(cgroup['working_set_bytes'])}), OOM kills "
-                f"{cgroup['oom_kills'] if cgroup['oom_kills'] is not None else 'n/a'}")
-        out(f"  headroom to {mem.get('limit_kind') or 'limit'}: {_bytes(mem.get('headroom_bytes'))}"
-            + (f", gone in {mem['seconds_to_limit']:.0f} s at this rate" if mem.get("seconds_to_limit")
-               else ", not growing"))
+        if mem.get("unavailable"):
+            out(f"  memory: {mem['unavailable']}")
+        if target.get("kind") != "kernel thread":   # its cgroup's memory is the host's
+            out(f"  memory RSS {_bytes(mem['rss_bytes'])} (anon {_bytes(mem['rss_anon_bytes'])}, file "
+                f"{_bytes(mem['rss_file_bytes'])}), peak {_bytes(mem['peak_rss_bytes'])}, swap "
+                f"{_bytes(mem['swap_bytes'])}; growth "
+                f"{_num(mem['rss_slope_bytes_per_second'] and mem['rss_slope_bytes_per_second'] / 2**20, '{:.2f}')} MiB/s")
+            cgroup = mem.get("cgroup")
+            if cgroup:
+                out(f"  cgroup memory: limit {_bytes(cgroup['limit_bytes']) if cgroup['limit_bytes'] else 'none'}"
+                    + (f" (set at {cgroup['limit_set_at']})" if cgroup.get("limit_set_at") else "")
+                    + f", usage {_bytes(cgroup['usage_bytes'])}: unreclaimable "
+                    f"{_bytes(cgroup['unreclaimable_bytes'])}, page cache "
+                    f"{_bytes((cgroup['inactive_file_bytes'] or 0) + (cgroup['active_file_bytes'] or 0))}"
+                    f" (kubelet working set {_bytes(cgroup['working_set_bytes'])}), OOM kills "
+                    f"{cgroup['oom_kills'] if cgroup['oom_kills'] is not None else 'n/a'}")
+            out(f"  headroom to {mem.get('limit_kind') or 'limit'}: {_bytes(mem.get('headroom_bytes'))}"
+                + (f", gone in {mem['seconds_to_limit']:.0f} s at this rate" if mem.get("seconds_to_limit")
+                   else ", not growing"))
         io = target.get("io") or {}
         if io:
             out(f"  I/O read {_bytes(io.get('read_bytes_per_second'))}/s write "

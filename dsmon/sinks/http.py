@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -125,6 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(404, "text/plain; charset=utf-8", b"no such target\n")
                 else:
                     self._send(200, "text/html; charset=utf-8", page.encode())
+            elif path == "/debug/stacks":
+                self._send(*self.agent.stacks.debug_response(parse_qs(urlsplit(self.path).query)))
             elif path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
             else:
