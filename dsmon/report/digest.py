@@ -82,13 +82,16 @@ def thread_tables(threads: dict) -> list[ThreadTable]:
 
 @dataclass
 class FixLedger:
-    """Remembers which fix texts were already printed, and by whom: a text seen again is
-    referred to ("same fix as X above"), never printed twice."""
-    first_owner: dict[str, str] = field(default_factory=dict)
+    """Remembers which fix texts were already printed, and by whom (a rule id, or whatever
+    the report needs to point back at it): a text seen again is referred to ("same fix as X
+    above"), never printed twice."""
+    first_owner: dict[str, object] = field(default_factory=dict)
 
-    def owner_of_earlier(self, owner: str, hint: str) -> str | None:
+    def owner_of_earlier(self, owner: object, hint: str) -> object | None:
         """The owner that printed `hint` before, or None (then `owner` prints it now)."""
         key = " ".join(hint.split())
+        if not key:
+            return None
         earlier = self.first_owner.get(key)
         if earlier is None:
             self.first_owner[key] = owner
