@@ -310,19 +310,28 @@ def _pool_charts(report: dict) -> list[str]:
     more = f"{len(pools) - len(shown)} more pools in the JSON report" if len(pools) > len(shown) \
         else "threads grouped by name with digits masked"
     elapsed = report["window"].get("elapsed_seconds") or 0
-    if not any(p.get("cpu_cores") for p in pools):
+    # A pool's sums count an unmeasured thread as 0: ask the threads what was measured.
+    rows = (report.get("threads") or {}).get("all") or []
+    measured = {name: any(r.get(name) is not None for r in rows) if rows else True
+                for name in ("cpu_ratio", "run_queue_wait_seconds")}
+    if not measured["cpu_ratio"]:
+        cpu = _figure("pool-cpu", "CPU per thread pool", "",
+                      empty_reason="no thread's CPU was measured (one thread sweep)")
+    elif not any(p.get("cpu_cores") for p in pools):
         cpu = _figure("pool-cpu", "CPU per thread pool", "", zero_reason=(
-            f"no CPU used: none of the {len(pools)} pools ran over the {elapsed:.1f} s"))
+            f"no CPU used: none of the {len(pools)} pools ran"))
     else:
         cpu = _figure("pool-cpu", "CPU per thread pool", svg.bar_chart(
             "pool-cpu", "CPU per thread pool", names,
             [Bars("CPU", [p.get("cpu_cores") for p in shown], 0,
                   [f"{_num(p.get('cpu_cores'))} cores, {p.get('busy', 0)} busy" for p in shown])],
             "CPU used over the window (cores)", lambda v: f"{v:g}"), more)
-    if not any(p.get("run_queue_wait_seconds") for p in pools):
+    if not measured["run_queue_wait_seconds"]:
+        wait = _figure("pool-wait", "Run-queue wait per thread pool", "",
+                       empty_reason="no thread's run-queue wait was measured (schedstat)")
+    elif not any(p.get("run_queue_wait_seconds") for p in pools):
         wait = _figure("pool-wait", "Run-queue wait per thread pool", "", zero_reason=(
-            f"no run-queue wait: no thread of the {len(pools)} pools waited for a CPU over "
-            f"the {elapsed:.1f} s"))
+            f"no run-queue wait: no thread of the {len(pools)} pools waited for a CPU"))
     else:
         wait = _figure("pool-wait", "Run-queue wait per thread pool", svg.bar_chart(
             "pool-wait", "Run-queue wait per thread pool", names,
