@@ -1,7 +1,8 @@
 """What the text and HTML reports of real diagnose runs say, and say once: one fix text for
 two findings that share it, evidence windows as really covered, one threads table when the
-two rankings agree, stacks without interpreter bootstrap frames, a memory axis scaled to the
-limit that binds (or to the data), and "no I/O" in words instead of a flat line.
+two rankings agree, stacks without interpreter bootstrap frames (and alike threads once), a
+memory axis scaled to the limit that binds (or to the data), and "no I/O" in words instead
+of a flat line.
 
 Two real runs (a busy Python target with test rules, and a memory-growing one in a limited
 cgroup); the reports are rendered from their JSON, the same function `--format` calls.
@@ -140,6 +141,9 @@ def test_stacks_keep_the_workloads_frames_without_bootstrap(busy_report):
         assert word not in text, word
     html = render_html(busy_report)
     assert "_bootstrap" not in html and "busy (" in html
+    # The two idle workers read the same: one line for both, their stack printed once.
+    assert "2 threads alike (" in text, text
+    assert sum("idle (" in line and "Event.wait" in line for line in text.splitlines()) == 1
 
 
 def test_no_io_is_said_in_words_not_drawn(busy_report):

@@ -16,7 +16,8 @@ from dsmon.sources import format_cpulist
 
 MAX_PER_CORE = 64
 MAX_POOLS = 15
-MAX_PYTHON_THREADS = 8
+MAX_PYTHON_THREADS = 8          # lines of threads (or of threads alike) in the py-spy section
+MAX_ALIKE_NAMED = 4
 FINDING_STACK_FRAMES = 3
 PYTHON_STACK_FRAMES = 4
 
@@ -264,16 +265,40 @@ def _python(python: dict | None, fixes: FixLedger) -> list[str]:
               f"{python['active_threads']} active, {python['idle_threads']} idle",
               f"  GIL held {_pct(python['gil_held_ratio'])} of the samples"
               + (f" (by {holders})" if holders else "")]
-    for thread in python["threads"][:MAX_PYTHON_THREADS]:
-        lines.append(f"  thread {thread['tid']} {thread['name'] or ''}: cpu "
-                     f"{_pct(thread['cpu_ratio'])}, active {_pct(thread['active_ratio'])}, "
-                     f"GIL {_pct(thread['gil_ratio'])}")
-        lines += [f"      {_pct(stack['share'])}  {_stack(stack['frames'], PYTHON_STACK_FRAMES)}"
-                  for stack in thread["top_stacks"][:2]]
-    if len(python["threads"]) > MAX_PYTHON_THREADS:
-        lines.append(f"  ... {len(python['threads']) - MAX_PYTHON_THREADS} more Python threads "
-                     "(JSON has all)")
+    groups = _alike_threads(python["threads"])
+    for group in groups[:MAX_PYTHON_THREADS]:
+        first = group[0]
+        if len(group) == 1:
+            who = f"thread {first['tid']} {first['name'] or ''}"
+        else:
+            names = ", ".join(f"{t['tid']} {t['name'] or ''}".strip()
+                              for t in group[:MAX_ALIKE_NAMED])
+            more = f", ... {len(group) - MAX_ALIKE_NAMED} more" \
+                if len(group) > MAX_ALIKE_NAMED else ""
+            who = f"{len(group)} threads alike ({names}{more}), each"
+        lines.append(f"  {who}: cpu {_pct(first['cpu_ratio'])}, active "
+                     f"{_pct(first['active_ratio'])}, GIL {_pct(first['gil_ratio'])}")
+        lines += [f"      {share}  {stack}" for share, stack in _shown_stacks(first)]
+    hidden = sum(len(group) for group in groups[MAX_PYTHON_THREADS:])
+    if hidden:
+        lines.append(f"  ... {hidden} more Python threads (JSON has all)")
     return lines + [""]
+
+
+def _shown_stacks(thread: dict) -> list[tuple[str, str]]:
+    return [(_pct(stack["share"]), _stack(stack["frames"], PYTHON_STACK_FRAMES))
+            for stack in thread["top_stacks"][:2]]
+
+
+def _alike_threads(threads: list[dict]) -> list[list[dict]]:
+    """Threads whose printed line and stacks would read the same (a pool of idle workers),
+    grouped in the order of their first member: the report prints each group once."""
+    groups: dict[tuple, list[dict]] = {}
+    for thread in threads:
+        key = (_pct(thread["cpu_ratio"]), _pct(thread["active_ratio"]),
+               _pct(thread["gil_ratio"]), tuple(_shown_stacks(thread)))
+        groups.setdefault(key, []).append(thread)
+    return list(groups.values())
 
 
 def _gpu(gpu: dict | None, fixes: FixLedger) -> list[str]:
