@@ -73,9 +73,11 @@ def thread_tables(threads: dict) -> list[ThreadTable]:
         if {r["tid"] for r in shorter} == {r["tid"] for r in longer[:len(shorter)]}:
             name = "CPU" if longer is by_cpu else "run-queue wait"
             other = "run-queue wait" if longer is by_cpu else "CPU"
-            same = "the same threads" if len(shorter) == len(longer) else \
-                f"the top {len(shorter)} by {other} are the same threads"
-            return [ThreadTable(f"top threads by {name} ({same})", longer)]
+            if len(shorter) == len(longer):
+                return [ThreadTable(f"top threads by {name} and by {other} (the same threads)",
+                                    longer)]
+            return [ThreadTable(f"top threads by {name} (the top {len(shorter)} by {other} "
+                                "are the same threads)", longer)]
     return [ThreadTable(title, rows) for title, rows in
             (("top threads by CPU", by_cpu), ("top threads by run-queue wait", by_wait)) if rows]
 
