@@ -305,41 +305,41 @@ def _pool_charts(report: dict) -> list[str]:
         reason = "no thread data"
         return [_figure("pool-cpu", "CPU per thread pool", "", empty_reason=reason),
                 _figure("pool-wait", "Run-queue wait per thread pool", "", empty_reason=reason)]
+    elapsed = report["window"].get("elapsed_seconds") or 0
+    rows = (report.get("threads") or {}).get("all") or []
+    return [
+        _pool_chart("pool-cpu", "CPU per thread pool", pools, rows, "cpu_cores", "cpu_ratio",
+                    "CPU", 0,
+                    lambda p: f"{_num(p.get('cpu_cores'))} cores, {p.get('busy', 0)} busy",
+                    "CPU used over the window (cores)",
+                    "no thread's CPU was measured (one thread sweep)",
+                    f"no CPU used: none of the {len(pools)} pools ran"),
+        _pool_chart("pool-wait", "Run-queue wait per thread pool", pools, rows,
+                    "run_queue_wait_seconds", "run_queue_wait_seconds",
+                    "run-queue wait", 1,
+                    lambda p: f"{_num(p.get('run_queue_wait_seconds'), '{:.3f}')} s",
+                    f"seconds runnable but waiting for a CPU (over {elapsed:g} s)",
+                    "no thread's run-queue wait was measured (schedstat)",
+                    f"no run-queue wait: no thread of the {len(pools)} pools waited for a CPU"),
+    ]
+
+
+def _pool_chart(chart_id: str, caption: str, pools: list, rows: list, field: str,
+                row_field: str, name: str, style: int, label, axis: str, unmeasured: str,
+                zero: str) -> str:
+    """One value per pool as bars. A pool's sum counts an unmeasured thread as 0, so the
+    threads say whether anything was measured at all."""
+    if rows and not any(r.get(row_field) is not None for r in rows):
+        return _figure(chart_id, caption, "", empty_reason=unmeasured)
+    if not any(p.get(field) for p in pools):
+        return _figure(chart_id, caption, "", zero_reason=zero)
     shown = pools[:MAX_POOLS_CHARTED]
-    names = [f"{p['pool']} ×{p['threads']}" for p in shown]
     more = f"{len(pools) - len(shown)} more pools in the JSON report" if len(pools) > len(shown) \
         else "threads grouped by name with digits masked"
-    elapsed = report["window"].get("elapsed_seconds") or 0
-    # A pool's sums count an unmeasured thread as 0: ask the threads what was measured.
-    rows = (report.get("threads") or {}).get("all") or []
-    measured = {name: any(r.get(name) is not None for r in rows) if rows else True
-                for name in ("cpu_ratio", "run_queue_wait_seconds")}
-    if not measured["cpu_ratio"]:
-        cpu = _figure("pool-cpu", "CPU per thread pool", "",
-                      empty_reason="no thread's CPU was measured (one thread sweep)")
-    elif not any(p.get("cpu_cores") for p in pools):
-        cpu = _figure("pool-cpu", "CPU per thread pool", "", zero_reason=(
-            f"no CPU used: none of the {len(pools)} pools ran"))
-    else:
-        cpu = _figure("pool-cpu", "CPU per thread pool", svg.bar_chart(
-            "pool-cpu", "CPU per thread pool", names,
-            [Bars("CPU", [p.get("cpu_cores") for p in shown], 0,
-                  [f"{_num(p.get('cpu_cores'))} cores, {p.get('busy', 0)} busy" for p in shown])],
-            "CPU used over the window (cores)", lambda v: f"{v:g}"), more)
-    if not measured["run_queue_wait_seconds"]:
-        wait = _figure("pool-wait", "Run-queue wait per thread pool", "",
-                       empty_reason="no thread's run-queue wait was measured (schedstat)")
-    elif not any(p.get("run_queue_wait_seconds") for p in pools):
-        wait = _figure("pool-wait", "Run-queue wait per thread pool", "", zero_reason=(
-            f"no run-queue wait: no thread of the {len(pools)} pools waited for a CPU"))
-    else:
-        wait = _figure("pool-wait", "Run-queue wait per thread pool", svg.bar_chart(
-            "pool-wait", "Run-queue wait per thread pool", names,
-            [Bars("run-queue wait", [p.get("run_queue_wait_seconds") for p in shown], 1,
-                  [f"{_num(p.get('run_queue_wait_seconds'), '{:.3f}')} s" for p in shown])],
-            f"seconds runnable but waiting for a CPU (over {elapsed:g} s)",
-            lambda v: f"{v:g}"), more)
-    return [cpu, wait]
+    bars = Bars(name, [p.get(field) for p in shown], style, [label(p) for p in shown])
+    chart = svg.bar_chart(chart_id, caption, [f"{p['pool']} ×{p['threads']}" for p in shown],
+                          [bars], axis, lambda v: f"{v:g}")
+    return _figure(chart_id, caption, chart, more)
 
 
 def _memory(report: dict) -> str:
