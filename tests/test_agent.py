@@ -271,14 +271,14 @@ def test_a_wedged_sampling_loop_stops_the_watchdog(tmp_path):
     notifier = FakeNotifier()
     agent = Agent(config, load_rules(), notifier=notifier)
     wedge = threading.Event()
-    original = agent._sample
+    original = agent.sampling._sample_targets
 
     def wedged():
         original()
         if wedge.is_set():
             time.sleep(30)
 
-    agent._sample = wedged
+    agent.sampling._sample_targets = wedged
     try:
         agent.start()
         time.sleep(1.2)
@@ -290,6 +290,7 @@ def test_a_wedged_sampling_loop_stops_the_watchdog(tmp_path):
         assert sum(1 for kind, _ in notifier.messages if kind == "WATCHDOG") <= count + 1
         body = get(f"http://127.0.0.1:{port}/metrics")   # the scrape still answers
         assert metric(body, "dsmon_last_sample_age_seconds") > 1.0
+        assert metric(body, "dsmon_job_success", job="sample") == 0   # overdue, not "1"
     finally:
         wedge.clear()
         agent.stop()
@@ -423,7 +424,7 @@ def test_pool_labels_stay_bounded_with_per_request_threads():
     """A pool of one thread named short_4660 must not become its own label value."""
     from types import SimpleNamespace
 
-    from dsmon.agent.runtime import TargetRuntime
+    from dsmon.agent.runtime import PoolNames, TargetRuntime
     from dsmon.collectors.threads import ThreadSample, ThreadSweep
     from dsmon.model import Batch, Status
     from dsmon.sampler import Tick
@@ -434,7 +435,7 @@ def test_pool_labels_stay_bounded_with_per_request_threads():
         return Tick(when, when, {"threads": Batch("threads", when, when, Status.OK, sweep)})
 
     runtime = SimpleNamespace(
-        static=SimpleNamespace(hz=100),
+        static=SimpleNamespace(hz=100), pool_names=PoolNames(),
         previous_tick=tick(0.0, [(1, "python3", 0), (2, "short_4660", 0)]),
         last_tick=tick(1.0, [(1, "python3", 50), (2, "short_4660", 10), (3, "short_11101", 0)]))
     rows = {pool: (count, cores) for pool, count, cores in TargetRuntime.pools(runtime, 20)}
@@ -443,6 +444,7 @@ def test_pool_labels_stay_bounded_with_per_request_threads():
     assert rows["python#"] == (1, pytest.approx(0.5))
     # More pools than the cap fold into "other", so the label set stays bounded.
     many = SimpleNamespace(static=SimpleNamespace(hz=100), previous_tick=None,
+                           pool_names=PoolNames(),
                            last_tick=tick(1.0, [(i, f"pool{chr(97 + i)}_{i}", 0)
                                                 for i in range(10)]))
     assert [row[0] for row in TargetRuntime.pools(many, 4)][-1] == "other"
