@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -69,7 +70,9 @@ class NotifyListener:
 
 
 @contextmanager
-def running_agent(tmp_path, *args, config_text: str | None = None, env_extra=None):
+def running_agent(tmp_path, *args, config_text: str | None = None, env_extra=None,
+                  open_files: int | None = None):
+    """`open_files`: the agent's RLIMIT_NOFILE (soft and hard), like `ulimit -n` before it."""
     port = free_port()
     listener = NotifyListener(tmp_path / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=listener.path, WATCHDOG_USEC="3000000",
@@ -80,7 +83,10 @@ def running_agent(tmp_path, *args, config_text: str | None = None, env_extra=Non
         config.write_text(config_text)
         command += ["--config", str(config)]
     log = open(tmp_path / "agent.log", "w+")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    limit = None if open_files is None else \
+        (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=limit)
     try:
         listener.wait_for("READY=1")
         yield process, f"http://127.0.0.1:{port}", listener

@@ -205,12 +205,20 @@ def run_forever(agent: Agent, load) -> int:
         reload_requested.set()
         wake.set()
 
+    handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
-    agent.start()
+    # Python runs handlers in the main thread, but the kernel may deliver a process signal to
+    # any thread that does not block it; the main thread's wait was then never woken (a
+    # SIGTERM right after READY was lost). Every thread the agent starts inherits this mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    try:
+        agent.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     while not stop_requested.is_set():
-        wake.wait()
+        wake.wait(1.0)     # bounded: a signal's handler runs at the latest when this returns
         wake.clear()
         if stop_requested.is_set():
             break

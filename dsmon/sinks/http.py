@@ -9,7 +9,8 @@ timeout gave p99 1.0 s with 50 scrapers, and 200 slow clients held 212 threads):
 - one selector thread accepts (backlog BACKLOG) and reads each request head without blocking
   (the TLS handshake too), so a slow or idle client costs a buffer, not a thread; a head not
   complete within HEAD_TIMEOUT_S is dropped, and at most MAX_CONNECTIONS are open at once
-  (the agent's descriptor reserve covers them: dsmon/fdbudget.py);
+  (the agent's descriptor reserve covers them: dsmon/fdbudget.py); when all are taken, the
+  client that has waited longest without sending a request head is dropped for the new one;
 - WORKERS threads answer complete requests from that view; a response that cannot be
   written within SEND_TIMEOUT_S is abandoned.
 """
@@ -264,11 +265,16 @@ class MetricsServer:
                 return
             with self._open_lock:
                 full = self._open >= MAX_CONNECTIONS
-                if not full:
-                    self._open += 1
-            if full:
-                sock.close()         # the client sees a reset and retries; others go on
+            if full and self._pending:
+                # The slowest client makes room: whoever has not sent a request head for
+                # longest goes, so idle connections cannot lock scrapers out.
+                self._drop(min(self._pending.values(), key=lambda p: p.deadline))
+                full = False
+            if full:                 # every place answers a request: the client retries
+                sock.close()
                 continue
+            with self._open_lock:
+                self._open += 1
             sock.setblocking(False)
             handshaking = False
             if self.web is not None and self.web.ssl_context is not None:
