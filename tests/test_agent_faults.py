@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from http.client import HTTPConnection
 from pathlib import Path
 
-import pytest
 
+from bench.serve_load import hold_slow_clients, percentile, scrape_storm
 from tests.helpers.spawn import REPO, workload
 from tests.test_agent import get, metric, running_agent
 
@@ -222,46 +219,6 @@ def test_one_descriptor_budget_under_ulimit_1024(tmp_path):
     assert "Too many open files" not in log and "EMFILE" not in log
 
 
-def _timed_scrape(port: int) -> float:
-    started = time.perf_counter()
-    connection = HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        body = response.read()
-        if response.status != 200 or b"dsmon_build_info" not in body:
-            raise AssertionError(f"HTTP {response.status}")
-    finally:
-        connection.close()
-    return time.perf_counter() - started
-
-
-def scrape_storm(port: int, scrapers: int, seconds: float) -> tuple[list[float], list[str]]:
-    """`scrapers` threads scraping back to back for `seconds`: latencies and errors."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    deadline = time.monotonic() + seconds
-
-    def loop():
-        while time.monotonic() < deadline:
-            try:
-                latencies.append(_timed_scrape(port))
-            except Exception as exc:  # noqa: BLE001 - every failure is counted
-                errors.append(f"{type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=loop) for _ in range(scrapers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies, errors
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def agent_threads(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
@@ -276,11 +233,7 @@ def test_many_scrapers_and_slow_clients(tmp_path):
             port = int(url.rsplit(":", 1)[1])
             time.sleep(1.5)               # every job has run once: its pool's threads exist
             threads_before = agent_threads(agent.pid)
-            slow = []
-            for _ in range(120):
-                client = socket.create_connection(("127.0.0.1", port))
-                client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")   # and never the end
-                slow.append(client)
+            slow = hold_slow_clients(port, 120)
             slow_since = time.monotonic()
             latencies, errors = scrape_storm(port, 50, 4.0)
             threads_after = agent_threads(agent.pid)

@@ -27,6 +27,10 @@ from dsmon.sinks.prometheus import MetricsBuilder
 
 log = logging.getLogger("dsmon.agent")
 
+# Scrapes within this of each other share one rendering of the self metrics (~2 ms of CPU
+# each): 50 concurrent scrapers cost 20 renderings a second, not one per scrape, and an age
+# read from them is at most this much older than the scrape.
+SELF_METRICS_REUSE_S = 0.05
 # A target that was OOM-killed is gone, so no rule can fire on it any more: the agent itself
 # reports `oom-killed` for its label this long (like the rule's keep_firing_for).
 OOM_KILLED_HOLD_S = 60.0
@@ -52,23 +56,17 @@ class _Families:
 
 
 class _Exposition:
-    def __init__(self, families, target_up, self_metrics):
+    def __init__(self, families, target_up, self_metrics_text):
         self._families = families
         self._target_up = target_up
-        self._self_metrics = self_metrics
+        self._self_metrics_text = self_metrics_text
         self._text: bytes | None = None
 
     def __call__(self) -> bytes:
         text = self._text
         if text is None:    # two scrapes at once may both render it: the same bytes
             text = self._text = generate_latest(_Families(self._families))
-        try:
-            now = generate_latest(_Families(self._self_metrics(time.monotonic(),
-                                                               self._target_up)))
-        except Exception:  # noqa: BLE001 - keep the page up, say so in the log
-            log.exception("self metrics failed; serving the sampled families only")
-            now = b""
-        return text + now
+        return text + self._self_metrics_text(self._target_up)
 
 
 class Publisher:
@@ -79,7 +77,8 @@ class Publisher:
         self.intervals = intervals          # job id -> seconds (the scheduler's, kept current)
         self.reload_status = reload_status
         self.dropped_series = 0
-        self.view = SiteView(metrics=_Exposition([], [], self.self_metrics),
+        self._self_text: tuple[float, object, bytes] = (float("-inf"), None, b"")
+        self.view = SiteView(metrics=_Exposition([], [], self.self_metrics_text),
                              findings={"targets": [], "unresolved": {}})
         self.sink = None                    # the server's publish(view), once it listens
 
@@ -129,7 +128,7 @@ class Publisher:
             log.warning("series cap %d reached: %d series dropped", out.max_series, out.dropped)
         up = out.families.pop(_TARGET_UP, None)
         view = SiteView(metrics=_Exposition(out.build(), up.samples if up else [],
-                                            self.self_metrics),
+                                            self.self_metrics_text),
                         findings=findings,
                         target_page=lambda label: live_page(sampling, label),
                         capture=captures.read)
@@ -160,6 +159,19 @@ class Publisher:
         if running is None or interval is None or running <= interval:
             return None
         return running - interval
+
+    def self_metrics_text(self, target_up) -> bytes:
+        now = time.monotonic()
+        rendered_at, rendered_for, text = self._self_text
+        if rendered_for is target_up and now - rendered_at < SELF_METRICS_REUSE_S:
+            return text
+        try:
+            text = generate_latest(_Families(self.self_metrics(now, target_up)))
+        except Exception:  # noqa: BLE001 - keep the page up, say so in the log
+            log.exception("self metrics failed; serving the sampled families only")
+            return b""
+        self._self_text = (now, target_up, text)    # one reference swap
+        return text
 
     def self_metrics(self, now: float, target_up) -> list:
         sampling = self.sampling

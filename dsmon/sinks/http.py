@@ -7,12 +7,13 @@ The server knows nothing of the agent: it serves the last `SiteView` the agent h
 Serving under load (issue 20: a listen backlog of 5, a thread per connection and no header
 timeout gave p99 1.0 s with 50 scrapers, and 200 slow clients held 212 threads):
 - one selector thread accepts (backlog BACKLOG) and reads each request head without blocking
-  (the TLS handshake too), so a slow or idle client costs a buffer, not a thread; a head not
-  complete within HEAD_TIMEOUT_S is dropped, and at most MAX_CONNECTIONS are open at once
+  (the TLS handshake too), so a slow or idle client costs a buffer, not a thread; it answers
+  /metrics and /healthz itself (from memory) and writes the answer as the client reads it; a
+  head not complete within HEAD_TIMEOUT_S is dropped, and at most MAX_CONNECTIONS are open at once
   (the agent's descriptor reserve covers them: dsmon/fdbudget.py); when all are taken, the
   client that has waited longest without sending a request head is dropped for the new one;
-- WORKERS threads answer complete requests from that view; a response that cannot be
-  written within SEND_TIMEOUT_S is abandoned.
+- WORKERS threads answer the other pages (a live page renders for milliseconds); an answer
+  that cannot be written within SEND_TIMEOUT_S is abandoned.
 """
 
 from __future__ import annotations
@@ -103,18 +104,22 @@ td,th{{border:1px solid #999;padding:4px 8px;vertical-align:top}}</style></head>
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """One request whose head the selector thread has already read (`rfile` holds it)."""
+    """One request whose head is already read; the response goes to `out` (bytes in memory),
+    so whoever answers decides how it is written."""
 
     server_version = f"dsmon/{__version__}"
 
-    def __init__(self, connection, address, server: "MetricsServer", head: bytes):
+    def __init__(self, head: bytes, out: io.BytesIO, address, server: "MetricsServer"):
         self._head = head
-        super().__init__(connection, address, server)
+        self._out = out
+        super().__init__(None, address, server)
 
     def setup(self):
-        self.connection = self.request
         self.rfile = io.BytesIO(self._head)
-        self.wfile = self.connection.makefile("wb")
+        self.wfile = self._out
+
+    def finish(self):
+        pass    # `out` is the caller's
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         self._answer(send_body=True)
@@ -171,15 +176,25 @@ def _route(view: SiteView, path: str) -> tuple[int, str, bytes]:
     return 404, _TEXT, b"not found\n"
 
 
+def _answered_inline(head: bytes) -> bool:
+    """Requests answered on the selector thread: the scrape path, from memory in well under a
+    millisecond, without handing the connection to a worker and back (two thread wake-ups,
+    which on a loaded host cost more than the answer)."""
+    line = head.split(b"\r\n", 1)[0].split(b" ")
+    return len(line) >= 2 and line[0] in (b"GET", b"HEAD") and \
+        line[1].split(b"?", 1)[0] in (b"/metrics", b"/healthz")
+
+
 @dataclass
-class _Pending:
-    """A connection whose request head is still arriving."""
+class _Connection:
+    """A connection the selector thread follows: its head arriving, or its answer leaving."""
 
     sock: socket.socket
     address: tuple
     deadline: float
     handshaking: bool
     head: bytearray = field(default_factory=bytearray)
+    answer: memoryview | None = None      # what is left to send
 
 
 class MetricsServer:
@@ -200,12 +215,12 @@ class MetricsServer:
         self._listener.setblocking(False)
         self.server_address = self._listener.getsockname()[:2]
         self._selector = selectors.DefaultSelector()
-        self._pending: dict[int, _Pending] = {}
+        self._connections: dict[int, _Connection] = {}
         self._requests: queue.Queue = queue.Queue()
         self._open = 0              # connections accepted and not yet closed
         self._open_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._accept_loop, name="dsmon-http",
+        self._threads = [threading.Thread(target=self._select_loop, name="dsmon-http",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._work, name=f"dsmon-http-{n}",
                                            daemon=True) for n in range(WORKERS)]
@@ -228,15 +243,20 @@ class MetricsServer:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def server_close(self) -> None:
-        for pending in list(self._pending.values()):
-            self._close(pending.sock)
-        self._pending.clear()
+        for connection in list(self._connections.values()):
+            self._close(connection.sock)
+        self._connections.clear()
         self._selector.close()
         self._listener.close()
 
-    # -- the selector thread: accept, handshake, read heads -------------------------------
+    def answer(self, head: bytes, address) -> bytes:
+        out = io.BytesIO()
+        _Handler(head, out, address, self)
+        return out.getvalue()
 
-    def _accept_loop(self) -> None:
+    # -- the selector thread: accept, handshake, read heads, write inline answers ----------
+
+    def _select_loop(self) -> None:
         self._selector.register(self._listener, selectors.EVENT_READ)
         while not self._stopping.is_set():
             try:
@@ -247,12 +267,14 @@ class MetricsServer:
                 if key.fileobj is self._listener:
                     self._accept()
                 else:
-                    self._advance(self._pending.get(key.fd), mask)
+                    connection = self._connections.get(key.fd)
+                    if connection is not None:
+                        self._advance(connection)
             now = time.monotonic()
-            for pending in [p for p in self._pending.values() if p.deadline < now]:
-                log.debug("%s: request head not complete in %.0f s; closed", pending.address[0],
-                          HEAD_TIMEOUT_S)
-                self._drop(pending)
+            for connection in [c for c in self._connections.values() if c.deadline < now]:
+                log.debug("%s: no complete request head or answer sent in time; closed",
+                          connection.address[0])
+                self._drop(connection)
 
     def _accept(self) -> None:
         while True:
@@ -265,10 +287,11 @@ class MetricsServer:
                 return
             with self._open_lock:
                 full = self._open >= MAX_CONNECTIONS
-            if full and self._pending:
-                # The slowest client makes room: whoever has not sent a request head for
-                # longest goes, so idle connections cannot lock scrapers out.
-                self._drop(min(self._pending.values(), key=lambda p: p.deadline))
+            if full and self._connections:
+                # The slowest client makes room: whoever has waited longest without sending
+                # a request head (or reading its answer) goes, so idle connections cannot
+                # lock scrapers out.
+                self._drop(min(self._connections.values(), key=lambda c: c.deadline))
                 full = False
             if full:                 # every place answers a request: the client retries
                 sock.close()
@@ -281,33 +304,33 @@ class MetricsServer:
                 sock = self.web.ssl_context.wrap_socket(sock, server_side=True,
                                                         do_handshake_on_connect=False)
                 handshaking = True
-            pending = _Pending(sock, address, time.monotonic() + HEAD_TIMEOUT_S, handshaking)
-            self._pending[sock.fileno()] = pending
+            connection = _Connection(sock, address, time.monotonic() + HEAD_TIMEOUT_S,
+                                     handshaking)
+            self._connections[sock.fileno()] = connection
             self._selector.register(sock, selectors.EVENT_READ)
-            self._advance(pending, selectors.EVENT_READ)
+            self._advance(connection)
 
-    def _advance(self, pending: _Pending | None, mask: int) -> None:
-        if pending is None:
-            return
-        sock = pending.sock
+    def _advance(self, connection: _Connection) -> None:
+        sock = connection.sock
         try:
-            if pending.handshaking:
+            if connection.answer is not None:
+                self._send(connection)
+                return
+            if connection.handshaking:
                 sock.do_handshake()
-                pending.handshaking = False
+                connection.handshaking = False
                 self._selector.modify(sock, selectors.EVENT_READ)
             while True:
                 chunk = sock.recv(65536)
                 if not chunk:
-                    self._drop(pending)
+                    self._drop(connection)
                     return
-                pending.head += chunk
-                if _END_OF_HEAD in pending.head:
-                    self._selector.unregister(sock)
-                    del self._pending[sock.fileno()]
-                    self._requests.put((sock, pending.address, bytes(pending.head)))
+                connection.head += chunk
+                if _END_OF_HEAD in connection.head:
+                    self._dispatch(connection, bytes(connection.head))
                     return
-                if len(pending.head) > MAX_HEAD_BYTES:
-                    self._drop(pending)
+                if len(connection.head) > MAX_HEAD_BYTES:
+                    self._drop(connection)
                     return
         except ssl.SSLWantReadError:
             self._selector.modify(sock, selectors.EVENT_READ)
@@ -316,16 +339,40 @@ class MetricsServer:
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:    # a reset, a failed handshake (plain HTTP on a TLS port)
-            log.debug("%s: %s", pending.address[0], exc)
-            self._drop(pending)
+            log.debug("%s: %s", connection.address[0], exc)
+            self._drop(connection)
 
-    def _drop(self, pending: _Pending) -> None:
-        self._pending.pop(pending.sock.fileno(), None)
+    def _dispatch(self, connection: _Connection, head: bytes) -> None:
+        if _answered_inline(head):
+            connection.answer = memoryview(self.answer(head, connection.address))
+            connection.deadline = time.monotonic() + SEND_TIMEOUT_S
+            self._send(connection)
+            return
+        self._selector.unregister(connection.sock)
+        del self._connections[connection.sock.fileno()]
+        self._requests.put((connection.sock, connection.address, head))
+
+    def _send(self, connection: _Connection) -> None:
+        """As much of the answer as the socket takes now; the rest when it is writable."""
+        while connection.answer:
+            sent = connection.sock.send(connection.answer[:1 << 20])   # may raise WantWrite
+            connection.answer = connection.answer[sent:]
+            if sent == 0:
+                break
+        if connection.answer:
+            self._selector.modify(connection.sock, selectors.EVENT_WRITE)
+            return
+        self._drop(connection, finished=True)
+
+    def _drop(self, connection: _Connection, finished: bool = False) -> None:
+        self._connections.pop(connection.sock.fileno(), None)
         try:
-            self._selector.unregister(pending.sock)
+            self._selector.unregister(connection.sock)
         except (KeyError, ValueError):
             pass
-        self._close(pending.sock)
+        if finished:
+            _end(connection.sock)
+        self._close(connection.sock)
 
     def _close(self, sock: socket.socket) -> None:
         try:
@@ -334,7 +381,7 @@ class MetricsServer:
             with self._open_lock:
                 self._open -= 1
 
-    # -- the workers -------------------------------------------------------------------------
+    # -- the workers: everything else (pages that take milliseconds to render) --------------
 
     def _work(self) -> None:
         while True:
@@ -343,19 +390,25 @@ class MetricsServer:
                 return
             sock, address, head = item
             try:
+                answer = self.answer(head, address)
                 sock.setblocking(True)
                 sock.settimeout(SEND_TIMEOUT_S)
-                _Handler(sock, address, self, head)
+                sock.sendall(answer)
+                _end(sock)
             except OSError as exc:   # the client went away or stopped reading
                 log.debug("%s: %s", address[0], exc)
             except Exception:  # noqa: BLE001 - one bad request never ends the server
                 log.exception("error answering %s", address[0])
             finally:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 self._close(sock)
+
+
+def _end(sock: socket.socket) -> None:
+    """The answer is complete: tell the client (EOF) before closing."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def start_server(host: str, port: int, web=None, view: SiteView = EMPTY_VIEW) -> MetricsServer:
