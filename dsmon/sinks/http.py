@@ -354,11 +354,14 @@ class MetricsServer:
 
     def _send(self, connection: _Connection) -> None:
         """As much of the answer as the socket takes now; the rest when it is writable."""
-        while connection.answer:
-            sent = connection.sock.send(connection.answer[:1 << 20])   # may raise WantWrite
-            connection.answer = connection.answer[sent:]
-            if sent == 0:
-                break
+        try:
+            while connection.answer:
+                sent = connection.sock.send(connection.answer[:1 << 20])
+                connection.answer = connection.answer[sent:]
+                if sent == 0:
+                    break
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            pass   # the socket's buffer is full (16 KiB to start with): wait until it drains
         if connection.answer:
             self._selector.modify(connection.sock, selectors.EVENT_WRITE)
             return
