@@ -5,6 +5,7 @@ Loading is strict: unknown keys and bad values are reported all at once with whe
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 
@@ -159,8 +160,10 @@ def parse_config(document: dict, source: str) -> AgentConfig:
         problems.append(f"{source}: [agent] unknown key {key!r}")
     if "listen" in agent:
         values["listen"] = str(agent["listen"])
-        if not re.match(r"^.+:\d{1,5}$", values["listen"]):
-            problems.append(f"{source}: [agent] listen {agent['listen']!r} must be HOST:PORT")
+        try:
+            parse_listen(values["listen"])
+        except ValueError as exc:
+            problems.append(f"{source}: [agent] listen {exc}")
     for key in ("interval", "rules_interval", "discovery_interval", "slow_interval",
                 "engine_interval"):
         if key in agent:
@@ -260,6 +263,30 @@ def _parse_captures(table, source: str, problems: list[str]) -> CaptureSettings:
     return CaptureSettings(**values)
 
 
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 address in brackets, an empty host for 127.0.0.1) -> (host, port).
+    Raises ValueError with a one-line reason that says what to write instead."""
+    host, sep, port = str(text).strip().rpartition(":")
+    example = "use HOST:PORT, e.g. 127.0.0.1:9848 or [::1]:9848"
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT ({example})")
+    if int(port) > 65535:
+        raise ValueError(f"{text!r}: port {int(port)} is out of range (0-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address ({example})") from None
+    elif ":" in host:
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. [::1]:9848")
+    elif host and not _HOSTNAME.match(host):
+        raise ValueError(f"{text!r}: {host!r} is not a host name or address ({example})")
+    return host or "127.0.0.1", int(port)
+
+
 def listen_address(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return parse_listen(listen)
