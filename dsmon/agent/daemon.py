@@ -44,7 +44,7 @@ log = logging.getLogger("dsmon.agent")
 FIRST_SAMPLE_TIMEOUT_S = 2.0
 # SIGTERM ends the process within this, whatever is stuck (systemd's stop timeout is longer;
 # a job blocked in a read of /proc cannot be interrupted, only abandoned).
-STOP_DEADLINE_S = 1.5
+STOP_DEADLINE_S = 1.0
 
 
 class Agent:

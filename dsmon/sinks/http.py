@@ -237,7 +237,7 @@ class MetricsServer:
         self._stopping.set()
         for _ in range(WORKERS):
             self._requests.put(None)
-        deadline = time.monotonic() + 1.0     # a worker stuck writing to a client is left
+        deadline = time.monotonic() + 0.5     # a worker stuck writing to a client is left
         for thread in self._threads:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
