@@ -58,6 +58,15 @@ class JobRecorder:
 
     def run(self, name: str, work) -> bool:
         health = self.health.setdefault(name, JobHealth())
+        if health.running_for(time.monotonic()) is not None:
+            # A run outside the schedule (a reload's) while the scheduled one still goes on:
+            # its record must stay the stuck run's, or the stall would be hidden.
+            try:
+                work()
+                return True
+            except Exception:  # noqa: BLE001
+                log.exception("job %s failed", name)
+                return False
         started = time.perf_counter()
         health.started = time.monotonic()
         try:
