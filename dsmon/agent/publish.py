@@ -3,9 +3,9 @@
 
 The exposition is the published families, rendered to text once at the first scrape that
 needs them, followed by the self metrics of the moment of the scrape (job and collector
-health, ages, descriptors, reload status). `dsmon_target_up` is among the latter: while the
-sample job is overdue, every target's data is stale and says so with 0, although the families
-that the stuck cycle would have replaced are still there.
+health, ages, descriptors, reload status). `dsmon_target_up` is among the latter: when no
+sampling cycle has completed for three intervals, every target's data is stale and says so with
+0, although the families that the stuck cycle would have replaced are still there.
 """
 
 from __future__ import annotations
@@ -176,13 +176,17 @@ class Publisher:
     def self_metrics(self, now: float, target_up) -> list:
         sampling = self.sampling
         out = MetricsBuilder(10_000)
-        stale = self.overdue("sample", now) is not None
+        # Data older than three intervals is stale: the rule collectors' success follows too.
+        # One late cycle on a loaded host is not; a cycle stuck in a read soon is.
+        stale_after = 3 * sampling.config.interval_s
+        sample = self.recorder.health.get("sample")
+        stale = sample is not None and sample.last_end is not None and \
+            now - sample.last_end > stale_after
         for labels, value in target_up:
             out.gauge(_TARGET_UP, "1 while the target is sampled, 0 once it is gone or while "
-                      "sampling is stuck (its data is stale).", 0 if stale else value,
-                      target=labels[0])
+                      "its data is stale (no sampling cycle completed in three intervals).",
+                      0 if stale else value, target=labels[0])
         out.gauge("dsmon_build_info", "dsmon's version.", 1, version=__version__)
-        stale_after = 3 * sampling.config.interval_s
         finished = dict(sampling.collector_health)
         started = dict(sampling.collector_started)
         for name in sorted(set(finished) | set(started)):
@@ -208,7 +212,6 @@ class Publisher:
             out.gauge("dsmon_job_duration_seconds", "Duration of the job's last run (of the "
                       "current one once it is past its interval).",
                       running if overdue else health.duration_s, job=name)
-        sample = self.recorder.health.get("sample")
         if sample is not None and sample.last_end is not None:
             out.gauge("dsmon_last_sample_age_seconds", "Seconds since the last completed "
                       "sampling cycle.", now - sample.last_end)
