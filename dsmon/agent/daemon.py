@@ -31,6 +31,7 @@ import signal
 import threading
 import time
 from functools import partial
+from operator import attrgetter
 
 from dsmon import __version__
 from dsmon.agent.config import AgentConfig, listen_address
@@ -69,8 +70,8 @@ class Agent:
 
     def jobs(self) -> list[Job]:
         sampling = self.sampling
-        every = lambda cfg: cfg.interval_s   # noqa: E731
-        slow = lambda cfg: cfg.slow_interval_s   # noqa: E731
+        every = attrgetter("interval_s")
+        slow = attrgetter("slow_interval_s")
         jobs = [Job(f"host:{c.name}", partial(sampling.collect_host, c), every)
                 for c in sampling.host.collectors]
         return jobs + [
@@ -79,12 +80,12 @@ class Agent:
                 "slow"),
             Job("sample", self.sample, every),
             Job("rules", self._recorded("rules", sampling.evaluate_rules),
-                lambda cfg: cfg.rules_interval_s),
+                attrgetter("rules_interval_s")),
             Job("discover", self._recorded("discover", sampling.discover),
-                lambda cfg: cfg.discovery_interval_s, "slow"),
+                attrgetter("discovery_interval_s"), "slow"),
             Job("numa", self._recorded("numa", sampling.refresh_numa), slow, "slow"),
             Job("engine", self._recorded("engine", sampling.scrape_engines),
-                lambda cfg: cfg.engine_interval_s, "slow"),
+                attrgetter("engine_interval_s"), "slow"),
         ]
 
     def _recorded(self, name: str, work):

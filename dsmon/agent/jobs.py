@@ -150,7 +150,7 @@ class JobScheduler:
         self._scheduler = BackgroundScheduler(
             executors=self._executors,
             job_defaults={"coalesce": True, "max_instances": 1,
-                          "misfire_grace_time": max(1, int(getattr(config, "interval_s", 1)))})
+                          "misfire_grace_time": max(1, int(config.interval_s))})
         for job in jobs:
             self._scheduler.add_job(job.run, "interval", seconds=self.intervals[job.id],
                                     id=job.id, executor=job.executor)
