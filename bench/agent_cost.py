@@ -365,7 +365,7 @@ INSTRUMENTED = (
     ("dsmon.collectors.cgroup", "CgroupCollector.collect"),
     ("dsmon.sampler", "TargetSampler._target_replaced"),
     ("dsmon.engine.monitor", "RuleMonitor.record"),
-    ("dsmon.engine.features", "FeatureExtractor.update"),
+    ("dsmon.features.extractor", "FeatureExtractor.update"),
     ("dsmon.engine.monitor", "RuleMonitor.evaluate"),
     ("dsmon.agent.publish", "Publisher.self_metrics"),
     ("dsmon.agent.publish", "generate_latest"),

@@ -289,7 +289,7 @@ def topo(pid, nvml_replay, paths):
     """The GPU topology (`nvidia-smi topo -m`'s picture) and, with PID, where the process's
     threads run against the CPUs local to its GPUs."""
     from dsmon.diagnose import EXIT_NO_TARGET
-    from dsmon.gpu.topology import topo_command
+    from dsmon.gpu.topo import topo_command
     from dsmon.sources import Gone
 
     try:
@@ -395,7 +395,7 @@ def _load_or_exit(paths):
 def rules_list(rule_paths):
     """List the rules in effect: id, severity, for, and what each detects."""
     for rule in _load_or_exit(rule_paths):
-        click.echo(f"{rule.id:<30} {rule.severity:<8} for {rule.for_s:>4g}s  "
+        click.echo(f"{rule.id:<30} {rule.severity:<8} {rule.subject:<6} for {rule.for_s:>4g}s  "
                    f"{rule.description.splitlines()[0] if rule.description else rule.summary[:60]}")
 
 
@@ -404,10 +404,11 @@ def rules_list(rule_paths):
 @click.option("--rules", "rule_paths", multiple=True, envvar="DSMON_RULES", type=click.Path())
 def rules_explain(rule_id, rule_paths):
     """Show one rule: what it detects, its conditions, hysteresis, and its hints."""
-    from dsmon.engine.features import FEATURES
-    from dsmon.engine.rules import Leaf
+    from dsmon.features import FEATURES
+    from dsmon.engine.rules import Leaf, inhibited_by
 
-    by_id = {rule.id: rule for rule in _load_or_exit(rule_paths)}
+    loaded = _load_or_exit(rule_paths)
+    by_id = {rule.id: rule for rule in loaded}
     rule = by_id.get(rule_id)
     if rule is None:
         click.echo(f"dsmon: no rule {rule_id!r}; `dsmon rules list` shows them", err=True)
@@ -415,7 +416,12 @@ def rules_explain(rule_id, rule_paths):
     click.echo(f"{rule.id} ({rule.severity}) from {rule.source}")
     click.echo(f"  {rule.description}")
     click.echo(f"  fires after the condition holds for {rule.for_s:g}s; stays firing "
-               f"{rule.keep_firing_for_s:g}s after it clears")
+               f"{rule.keep_firing_for_s:g}s after it clears; subject: {rule.subject}")
+    if rule.inhibits:
+        click.echo(f"  explains away (inhibits): {', '.join(rule.inhibits)}")
+    inhibitors = inhibited_by(loaded).get(rule.id)
+    if inhibitors:
+        click.echo(f"  does not fire while these hold (inhibited by): {', '.join(inhibitors)}")
 
     def show(node, depth):
         pad = "  " * depth
@@ -437,10 +443,45 @@ def rules_explain(rule_id, rule_paths):
 @rules.command("features")
 def rules_features():
     """List the features rules can use, with units."""
-    from dsmon.engine.features import CONTEXT_FIELDS, FEATURES
+    from dsmon.features import CONTEXT_FIELDS, FEATURES
     for name, feature in FEATURES.items():
         click.echo(f"{name:<36} {feature.unit:<17} {feature.help}")
     click.echo("template-only values: " + ", ".join(CONTEXT_FIELDS))
+
+
+@main.command("install-service")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="install below this directory (an image, a chroot, a test)")
+@click.option("--executable", default=None, type=click.Path(),
+              help="the dsmon command ExecStart= runs (default: this one)")
+@click.option("--listen", default=None, help="HOST:PORT for a new config (default 127.0.0.1:9848)")
+@click.option("--web-config", default=None, help="TLS/basic-auth file for a new config")
+@click.option("--allow-from", multiple=True,
+              help="address or CIDR allowed to scrape (repeatable; writes a unit drop-in)")
+def install_service(root, executable, listen, web_config, allow_from):
+    """Install the systemd unit, a config and the state directory."""
+    from pathlib import Path
+    from dsmon.install import InstallError, install_service as install
+    try:
+        done = install(Path(root), None if executable is None else Path(executable), listen,
+                       web_config, allow_from)
+    except InstallError as exc:
+        click.echo(f"dsmon: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"dsmon: cannot write {exc.filename}: {exc.strerror} (run as root, or "
+                   f"--root DIR)", err=True)
+        sys.exit(2)
+    for path in done.written:
+        click.echo(f"wrote {path}")
+    for path in done.kept:
+        click.echo(f"kept {path} (exists)")
+    for path in done.removed:
+        click.echo(f"removed {path}")
+    for warning in done.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if Path(root).resolve() == Path("/"):
+        click.echo("next: systemctl daemon-reload && systemctl enable --now dsmon")
 
 
 if __name__ == "__main__":

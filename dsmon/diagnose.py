@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dsmon import __version__
-from dsmon.analysis import analyse
-from dsmon.engine.monitor import RuleMonitor
-from dsmon.engine.rules import load_rules
+from dsmon.engine.monitor import HostRuleMonitor, RuleMonitor
+from dsmon.engine.rules import SEVERITY_RANK, load_rules
 from dsmon.engine_metrics import EngineFollower
 from dsmon.gpu.sample import GpuCollector
 from dsmon.model import Batch, Status, run_collector
 from dsmon.model_size import report_note as model_size_note
 from dsmon.observations import observe
 from dsmon.paths import HostPaths
+from dsmon.report.sections import TIMELINE_FEATURES, analyse
 from dsmon.sampler import TargetSampler, Tick
 from dsmon.stacks.evidence import stack_evidence
 from dsmon.stacks.profile import NamespaceTids, StackProfile
@@ -24,14 +24,6 @@ from dsmon.stacks.pyspy import PySpy
 from dsmon.stacks.sampler import DEFAULT_PERIOD_S, StackSampler
 
 SCHEMA_VERSION = 1
-
-# Feature series copied into the report's per-interval timeline (for charts).
-TIMELINE_FEATURES = ("cpu_cores", "cpu_utilisation_ratio", "runnable_waiting_ratio",
-                     "run_queue_wait_seconds_per_second", "busy_threads", "running_threads",
-                     "d_state_threads", "rss_bytes", "working_set_bytes", "memory_headroom_bytes",
-                     "read_bytes_per_second", "write_bytes_per_second", "rchar_per_second",
-                     "cpu_throttled_ratio", "involuntary_switches_per_second",
-                     "psi_cpu_some_ratio", "psi_memory_some_ratio", "psi_io_some_ratio")
 
 # Exit codes, documented in the README.
 EXIT_OK = 0
@@ -118,6 +110,7 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         started_wall = time.time()
         static = sampler.static()
         monitor = RuleMonitor(static, rules)
+        host = HostRuleMonitor(rules)
         gpu = GpuCollector(paths, nvml, targets=[pid])
         gpu_batches: list[Batch] = []
         stacks = _start_stacks(paths, pid, static, options)
@@ -144,6 +137,7 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
             tick.batches["gpu"] = batch
             if batch.ok:
                 monitor.follow_gpu_locality(batch.data, gpu.topology)
+                host.observe_gpu(batch.data, tick.mono_ts, tick.wall_ts)
             monitor.observe(tick)
 
         ticks, end_reason = sample_window(sampler, options, sleep, on_tick)
@@ -153,13 +147,10 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
         if stacks is not None:
             stacks.stop()
         sampler.close()
-    body = analyse(static, ticks, numa_end)
-    for entry in body["timeline"]:
-        features = monitor.history.get(entry.pop("mono_ts"), {})
-        entry.update({name: features.get(name) for name in TIMELINE_FEATURES})
+    body = analyse(static, ticks, numa_end, monitor.history)
     live = [t for t in ticks if t.data("process") is not None]
     elapsed = live[-1].mono_ts - live[0].mono_ts if len(live) > 1 else 0.0
-    batches = [static.topology, static.environment, static.numa_start]
+    batches = [static.topology, static.environment, static.numa_start, static.runtimes]
     batches += [b for t in ticks for b in t.batches.values() if b.collector != "gpu"]
     batches += gpu_batches
     if numa_end is not None:
@@ -189,7 +180,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     report["engine"] = monitor.engine_name or None
     report["python"] = python_section(stacks, paths, options, body["threads"])
     report["findings"] = []
-    for finding in monitor.findings():
+    # The host's findings (GPU health) beside the target's, most severe first.
+    for finding in sorted(monitor.findings() + host.findings(),
+                          key=lambda f: -SEVERITY_RANK[f.severity]):
         entry = finding.as_dict(start)
         if finding.capture == "stack":
             entry["stacks"] = stack_evidence(report["python"], body["threads"])
@@ -197,14 +190,17 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     report["finding_transitions"] = [
         {"seconds": round(t.mono_ts - start, 3) if start is not None else None,
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
-        for t in monitor.transitions]
+        for t in sorted(list(monitor.transitions) + list(host.transitions),
+                        key=lambda t: t.mono_ts)]
     report["gpu"] = gpu_section(gpu_first, gpu_last, pid)
     if gpu_last.ok:   # what its GPU memory says about the model (plan's arithmetic)
         report["gpu"]["model_size"] = model_size_note(report["gpu"], pid, static.identity.cmdline,
                                                       monitor.engine_name, paths)
     if gpu_last.ok and gpu.topology is not None:
         report["gpu"]["topology"] = gpu.topology.to_dict()   # for the HTML report's matrix
-    report["worst_firing_severity"] = monitor.worst_firing()
+    report["worst_firing_severity"] = max(
+        (s for s in (monitor.worst_firing(), host.worst_firing()) if s),
+        key=SEVERITY_RANK.get, default=None)
     report["observations"] = observe(report)
     return report
 

@@ -14,6 +14,8 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
+from dsmon.features.placement import recommended_threads
+
 # The seed's bytes per parameter (FP32 4, FP16/BF16 2, INT8 1, INT4 0.5); FP8 is one byte too
 # (vLLM's --kv-cache-dtype fp8 and FP8 weights).
 BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0,
@@ -33,7 +35,6 @@ TIER_TOLERANCE = 0.05
 # The seed's rule of thumb when the model's shape is unknown: 5-10 GB of activations for a
 # 2048-token input.
 SEED_ACTIVATION_GB_PER_2048_TOKENS = (5.0, 10.0)
-THREADS_PER_PHYSICAL_CORE = 0.85   # the seed's 80-90% of physical cores (as dsmon.analysis)
 
 
 @dataclass(frozen=True)
@@ -416,7 +417,7 @@ def worker_binding(host: HostFacts, workers: int) -> list[dict]:
         cores = node.physical_cores if node is not None else (host.physical_cores or 1)
         share = max(1, cores // by_node[gpu.numa_node]) if node is not None \
             else max(1, cores // max(1, len(gpus)))
-        threads = max(1, math.floor(share * THREADS_PER_PHYSICAL_CORE))
+        threads = recommended_threads(share)
         binding = (f"numactl --cpunodebind={gpu.numa_node} --membind={gpu.numa_node}"
                    if node is not None else "")
         rows.append({"worker": rank, "gpu": gpu.index, "numa_node": gpu.numa_node,
@@ -503,10 +504,9 @@ def recommend(request: PlanRequest, host: HostFacts) -> dict:
         out["gpus_needed"] = None
         cores = host.physical_cores or host.logical_cpus or 1
         out["workers"] = [{"worker": 0, "gpu": None, "numa_node": None,
-                           "physical_cores": cores,
-                           "threads": max(1, math.floor(cores * THREADS_PER_PHYSICAL_CORE)),
-                           "numactl": "", "env": "OMP_NUM_THREADS="
-                           + str(max(1, math.floor(cores * THREADS_PER_PHYSICAL_CORE)))}]
+                           "physical_cores": cores, "threads": recommended_threads(cores),
+                           "numactl": "",
+                           "env": f"OMP_NUM_THREADS={recommended_threads(cores)}"}]
         if len(host.nodes) > 1:
             out["notes"].append("on a multi-node host a CPU-only worker per NUMA node "
                                 "(numactl --cpunodebind=N --membind=N) avoids remote memory")

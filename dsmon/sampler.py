@@ -14,6 +14,7 @@ from dsmon.collectors.cgroup import CgroupCollector, CgroupLayout, resolve_layou
 from dsmon.collectors.cpu import CpuCollector, clock_ticks
 from dsmon.collectors.memory import MemoryCollector, VmstatCollector
 from dsmon.collectors.pressure import PressureCollector
+from dsmon.collectors.runtimes import RuntimesCollector
 from dsmon.collectors.process import Identity, ProcessCollector, ProcessGone
 from dsmon.collectors.threads import ThreadSampler
 from dsmon.collectors.topology import TopologyCollector
@@ -23,6 +24,9 @@ from dsmon.sources import Gone, SourceError, read_text
 
 # Every host collector that runs on each tick, in order. Nothing registers itself on import.
 HOST_COLLECTORS = (CpuCollector, MemoryCollector, VmstatCollector, PressureCollector)
+# The loaded native runtimes (torch, BLAS, OpenMP) are read at start and again this rarely:
+# a library imported after start shows up within a minute.
+RUNTIMES_REREAD_S = 60.0
 
 
 @dataclass
@@ -49,6 +53,7 @@ class StaticFacts:
     hz: int
     paths: HostPaths | None = None
     notes: list[str] = field(default_factory=list)
+    runtimes: Batch | None = None      # NativeRuntimes from /proc/PID/maps
 
 
 class HostSampler:
@@ -69,7 +74,7 @@ class TargetSampler:
     def __init__(self, paths: HostPaths, pid: int, max_threads: int = 2048,
                  thread_time_budget_s: float = 0.5, thread_pass_sweeps: int | None = None,
                  thread_relist_every: int = 1, thread_switches_every_capped: int | None = None,
-                 fd_budget=None):
+                 runtimes_reread_s: float = RUNTIMES_REREAD_S, fd_budget=None):
         self.paths = paths
         self.pid = pid
         self.hz = clock_ticks()
@@ -83,6 +88,9 @@ class TargetSampler:
         self.host = HostSampler(paths)
         self._cgroup: CgroupCollector | None = None
         self._started_as_zombie = False
+        self.runtimes = RuntimesCollector(paths, pid)
+        self.runtimes_reread_s = runtimes_reread_s
+        self._runtimes_read_at = 0.0
 
     def close(self) -> None:
         self.threads.close()
@@ -105,7 +113,12 @@ class TargetSampler:
             numa_start=self.numa(),
             hz=self.hz,
             paths=self.paths,
+            runtimes=self._read_runtimes(time.monotonic()),
         )
+
+    def _read_runtimes(self, now: float) -> Batch:
+        self._runtimes_read_at = now
+        return run_collector("runtimes", self.runtimes.collect)
 
     def numa(self) -> Batch:
         return run_collector("numa_maps", self.process.numa_memory)
@@ -130,6 +143,8 @@ class TargetSampler:
                 "threads", lambda: self._sweep(read_switches), no_data_kinds=())
             if self._cgroup is not None:
                 batches["cgroup"] = run_collector("cgroup", self._cgroup.collect)
+            if mono - self._runtimes_read_at >= self.runtimes_reread_s:
+                batches["runtimes"] = self._read_runtimes(mono)
             if batches["threads"].status is Status.FAILED and \
                     batches["threads"].error.startswith("gone"):
                 gone = batches["threads"].error

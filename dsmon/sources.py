@@ -92,16 +92,19 @@ def _owner_alive(path: str) -> bool:
     return False
 
 
-def read_bytes(path: str, process_file: bool = False) -> bytes:
-    """Read a whole kernel file. `process_file`: the file lives under a pid (ENOENT = gone)."""
+def read_bytes(path: str, process_file: bool = False, limit: int | None = None) -> bytes:
+    """Read a whole kernel file, or its first `limit` bytes or a little more (whole 64 KiB
+    reads). `process_file`: the file lives under a pid (ENOENT = gone)."""
     try:
         with open(path, "rb", buffering=0) as handle:
             chunks = []
-            while True:
+            size = 0
+            while limit is None or size < limit:
                 chunk = handle.read(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
+                size += len(chunk)
             return b"".join(chunks)
     except OSError as exc:
         raise translate(exc, path, process_file) from None

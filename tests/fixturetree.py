@@ -448,6 +448,9 @@ class FakeHost:
 
 # ---------------------------------------------------------------------------- cgroup file text
 
+SLAB_RECLAIMABLE = 3_000_000   # what memory_stat_v2 reports: reclaimable, like page cache
+
+
 def memory_stat_v2(anon: int, file: int, inactive_file: int, active_file: int | None = None) -> str:
     """cgroup v2 memory.stat (bytes), the keys a 6.x kernel prints first."""
     active_file = file - inactive_file if active_file is None else active_file
@@ -457,7 +460,7 @@ def memory_stat_v2(anon: int, file: int, inactive_file: int, active_file: int | 
             ("file_mapped", 1_048_576), ("file_dirty", 0), ("file_writeback", 0),
             ("swapcached", 0), ("anon_thp", 0), ("file_thp", 0), ("shmem_thp", 0),
             ("inactive_anon", anon), ("active_anon", 4096), ("inactive_file", inactive_file),
-            ("active_file", active_file), ("unevictable", 0), ("slab_reclaimable", 3_000_000),
+            ("active_file", active_file), ("unevictable", 0), ("slab_reclaimable", SLAB_RECLAIMABLE),
             ("slab_unreclaimable", 1_000_000), ("slab", 4_000_000), ("workingset_refault_anon", 0),
             ("pgfault", 12345678), ("pgmajfault", 42), ("thp_fault_alloc", 0)]
     return "".join(f"{key} {value}\n" for key, value in rows)

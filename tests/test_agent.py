@@ -126,6 +126,9 @@ def test_ready_watchdog_metrics_and_promtool(tmp_path):
             assert metric(body, "dsmon_process_pool_threads", target="srv",
                           pool="idle_worker_#") == 3
             assert metric(body, "dsmon_target_up", target="srv") == 1
+            # a plain Python workload: the features say no torch, no BLAS
+            assert metric(body, "dsmon_process_runtime_loaded", target="srv", runtime="torch") == 0
+            assert metric(body, "dsmon_process_runtime_loaded", target="srv", runtime="blas") == 0
             assert metric(body, "dsmon_collector_success", collector="cpu") == 1
             assert metric(body, "dsmon_build_info") == 1
             assert f'"{target.pid}"' not in body and f"={target.pid}" not in body  # no pid labels

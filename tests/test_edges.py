@@ -177,7 +177,7 @@ def test_stopped_target_is_reported_as_stopped():
 NOBODY_WRAPPER = """
 import os, sys
 sys.path.insert(0, {repo!r})
-import dsmon.cli, dsmon.diagnose, dsmon.report.text, dsmon.sampler, dsmon.analysis, json
+import dsmon.cli, dsmon.diagnose, dsmon.report.text, dsmon.sampler, dsmon.report.sections, json
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.argv = ["dsmon"] + sys.argv[1:]
 dsmon.cli.main()

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from dsmon.engine.evaluate import Engine, aggregate
-from dsmon.engine.features import FeatureStore
+from dsmon.features import FeatureStore
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine.rules import RuleLoadError, load_rules, parse_rule_text
 from dsmon.sampler import TargetSampler
@@ -190,7 +190,7 @@ MALFORMED = [
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
      "{feature: cpu_cores, op: '>', value: 1, window: 10 seconds}}\n", "is not a duration"),
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, hints: {kserve: x}, when: "
-     "{feature: cpu_cores, op: '>', value: 1}}\n", "unknown engine 'kserve'"),
+     "{feature: cpu_cores, op: '>', value: 1}}\n", "unknown engine or runtime 'kserve'"),
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: "
      "{all: [], any: []}}\n", "a group has exactly one key"),
     ("rules:\n  - {id: a-b, severity: info, summary: s, hint: h, when: {all: []}}\n",
@@ -353,8 +353,8 @@ def _gpu_rules():
 def _drive_gpu(memory_series, utilisation=0.9, thread_cores=0.3, total=80 * 2**30):
     """One sample a second through the feature's arithmetic: slope over the last
     GPU_GROWTH_WINDOW_S, time to full from the fullest GPU's free memory."""
-    from dsmon.analysis import linear_slope
-    from dsmon.engine.features import GPU_GROWTH_WINDOW_S
+    from dsmon.features.series import linear_slope
+    from dsmon.features.gpu import GPU_GROWTH_WINDOW_S
     engine = Engine(_gpu_rules())
     store = FeatureStore(60)
     history = []
@@ -426,3 +426,117 @@ def test_gpu_numa_mismatch_names_the_gpus_node(fake_host):
     assert finding.state == "firing"
     assert "--cpunodebind=1 --membind=1" in finding.hint
     assert [e.value for e in finding.evidence if e.feature == "gpu_local_cpu_ratio"] == [0.0]
+
+
+CAUSES = """
+rules:
+  - id: cause-deep
+    severity: warning
+    window: 3s
+    keep_firing_for: 2s
+    inhibits: [symptom]
+    when:
+      all:
+        - {feature: python_gil_held_ratio, agg: avg, op: ">=", value: 0.8}
+    summary: "GIL held $python_gil_held_ratio"
+    hint: "gil fix"
+  - id: symptom
+    severity: warning
+    window: 3s
+    when:
+      all:
+        - {feature: busy_threads, agg: avg, op: ">", value: 2}
+    summary: "$busy_threads busy, peak ${max:busy_threads}, last ${last:busy_threads}"
+    hint: "fewer threads"
+"""
+
+
+def _evaluate(engine, store, second):
+    return engine.evaluate(store, float(second), 1000.0 + second, {"comm": "srv"})
+
+
+def test_an_inhibiting_rule_ends_the_symptom_it_explains():
+    engine = Engine(rules_from(CAUSES))
+    store = FeatureStore(60)
+    transitions = []
+    for second, (busy, gil) in enumerate([(4, None), (4, None), (4, 0.95), (4, 0.95), (4, 0.95),
+                                          (4, 0.1), (4, 0.1), (4, 0.1), (4, 0.1), (4, 0.1)]):
+        store.add(float(second), {"busy_threads": busy, "python_gil_held_ratio": gil})
+        transitions += [(second, f.rule_id, state) for f, state in _evaluate(engine, store, second)]
+    # The symptom fires alone; once the GIL explains it, it resolves at once (not after a
+    # keep_firing_for) and says why; it comes back only when the cause has cleared, including
+    # the cause's own keep_firing_for.
+    assert (0, "symptom", "firing") in transitions
+    assert (2, "symptom", "resolved") in transitions and (2, "cause-deep", "firing") in transitions
+    resolved = [f for f in engine.history if f.rule_id == "symptom"]
+    assert resolved[0].inhibited_by == "cause-deep"
+    assert resolved[0].as_dict()["inhibited_by"] == "cause-deep"
+    back = [s for s, rule, state in transitions if rule == "symptom" and state == "firing"]
+    cause_resolved = [s for s, rule, state in transitions if rule == "cause-deep" and state == "resolved"]
+    assert back[-1] > 2 and cause_resolved and back[-1] >= cause_resolved[0]
+
+
+def test_summaries_quote_the_aggregate_the_evidence_used():
+    engine = Engine(rules_from(CAUSES))
+    store = FeatureStore(60)
+    for second, busy in enumerate([2, 3, 7]):
+        store.add(float(second), {"busy_threads": busy})
+        _evaluate(engine, store, second)
+    finding = engine.active["symptom"]
+    evidence = [e.as_dict() for e in finding.evidence]
+    assert evidence[0]["value"] == 4.0 and "3 points over 2.0s of 3s" in evidence[0]["text"]
+    # `$busy_threads` is the avg the condition computed, not the last sample (7).
+    assert finding.summary == "4 busy, peak 7, last 7"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("inhibits: [nope]", "inhibits unknown rule nope"),
+    ("inhibits: [a-b]", "a rule cannot inhibit itself"),
+    ("inhibits: a-c", "inhibits must be a list of rule ids"),
+    ("summary: '${median:cpu_cores}'", "unknown aggregation 'median'"),
+    ("summary: '${avg:no_such}'", "unknown feature 'no_such'"),
+])
+def test_malformed_inhibits_and_placeholders(tmp_path, text, message):
+    key = text.split(":")[0]
+    base = {"id": "a-b", "severity": "info", "summary": "s", "hint": "h",
+            "when": {"feature": "cpu_cores", "op": ">", "value": 1}}
+    body = "\n".join(f"    {k}: {v!r}" if isinstance(v, str) else f"    {k}: {v}"
+                     for k, v in base.items() if k != key)
+    (tmp_path / "bad.yaml").write_text(f"rules:\n  - {body.strip()}\n    {text}\n")
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([tmp_path / "bad.yaml"], include_builtin=False)
+    assert message in "\n".join(caught.value.problems)
+
+
+def test_inhibition_cycles_are_load_errors(tmp_path):
+    rule = "  - {{id: {0}, severity: info, summary: s, hint: h, inhibits: [{1}], " \
+           "when: {{feature: cpu_cores, op: '>', value: 1}}}}\n"
+    (tmp_path / "cycle.yaml").write_text("rules:\n" + rule.format("x-a", "x-b")
+                                         + rule.format("x-b", "x-c") + rule.format("x-c", "x-a"))
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([tmp_path / "cycle.yaml"], include_builtin=False)
+    assert "inhibition cycle x-a -> x-b -> x-c -> x-a" in "\n".join(caught.value.problems)
+
+
+def test_fit_r2_tells_steady_growth_from_noise():
+    steady = [(float(t), 1000.0 + 50 * t) for t in range(10)]
+    noise = [(float(t), 1000.0 + (37 * t * t) % 11) for t in range(10)]
+    assert aggregate("fit_r2", steady) == pytest.approx(1.0)
+    assert aggregate("fit_r2", noise) < 0.3
+    assert aggregate("fit_r2", steady[:2]) is None
+
+
+@pytest.mark.parametrize("engine_name, runtime, expected", [
+    ("pytorch", "openmp", "torch.set_num_threads"),
+    ("python", "blas", "OPENBLAS_NUM_THREADS"),
+    ("python", "openmp", "OMP_NUM_THREADS="),
+    ("python", "", "ThreadPoolExecutor"),
+    ("", "", "lower its thread-pool setting"),
+    ("vllm", "blas", "vLLM sizes its torch threads itself"),
+])
+def test_oversubscription_hint_fits_the_runtime(engine_name, runtime, expected):
+    rule = next(r for r in load_rules() if r.id == "thread-oversubscription")
+    hint = rule.hint_for(engine_name, runtime)
+    assert expected in hint
+    if engine_name != "pytorch":
+        assert "torch.set_num_threads" not in hint

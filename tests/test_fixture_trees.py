@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsmon.analysis import effective_cpus
+from dsmon.features.placement import effective_cpus
 from dsmon.collectors.cgroup import CgroupCollector, resolve_layout
 from dsmon.collectors.cpu import CpuCollector
 from dsmon.collectors.memory import MemoryCollector
@@ -23,7 +23,8 @@ from dsmon.model import Status, run_collector
 from dsmon.paths import HostPaths
 from dsmon.sources import Malformed
 
-from fixturetree import (FakeThread, memory_stat_v1, memory_stat_v2, pressure_text)
+from fixturetree import (SLAB_RECLAIMABLE, FakeThread, memory_stat_v1, memory_stat_v2,
+                         pressure_text)
 
 H100_TGZ = Path(__file__).resolve().parents[1].parent / "shared/fixtures/h100x4/host-fixture.tgz"
 GIB = 1 << 30
@@ -540,13 +541,14 @@ def test_cgroup_v2_layout_and_sample(fake_host):
     # containers.
     assert sample.memory_limit_bytes == 8 * GIB
     assert sample.memory_limit_at == POD_V2
-    assert sample.limit_unreclaimable_bytes == 5 * GIB
-    assert sample.memory_headroom_bytes == 3 * GIB
+    assert sample.limit_unreclaimable_bytes == 5 * GIB - SLAB_RECLAIMABLE
+    assert sample.memory_headroom_bytes == 3 * GIB + SLAB_RECLAIMABLE
     assert sample.memory_usage_bytes == 6 * GIB
     assert sample.inactive_file_bytes == GIB + 4096
     assert sample.working_set_bytes == 5 * GIB - 4096          # the kubelet's definition
     assert sample.active_file_bytes == GIB - 4096
-    assert sample.unreclaimable_bytes == 4 * GIB               # minus all page cache
+    # minus all page cache and reclaimable slab
+    assert sample.unreclaimable_bytes == 4 * GIB - SLAB_RECLAIMABLE
     assert sample.swap_usage_bytes == 0
     assert (sample.oom_kills, sample.oom_events) == (2, 3)
     assert sample.cpu_quota_cores == 2.0
@@ -563,7 +565,8 @@ def test_cgroup_v2_smallest_limit_wins_at_leaf(fake_host):
     sample, _ = CgroupCollector(fake_host.paths, resolve_layout(fake_host.paths, entries)).collect()
     assert sample.memory_limit_bytes == 4 * GIB
     assert sample.memory_limit_at == K8S_V2
-    assert sample.memory_headroom_bytes == 0   # 4 GiB unreclaimable reaches the 4 GiB limit
+    # 4 GiB unreclaimable (but the reclaimable slab) nearly reaches the 4 GiB limit
+    assert sample.memory_headroom_bytes == SLAB_RECLAIMABLE
 
 
 def test_cgroup_v2_unlimited(fake_host):
@@ -716,6 +719,8 @@ def _diagnose_host(fake_host, psi=True):
         environ={"PATH": "/usr/bin", "HF_TOKEN": "hf_secret", "OMP_NUM_THREADS": "64",
                  "CUDA_VISIBLE_DEVICES": "0,1"},
         cgroup=[f"0::{K8S_V2}"])
+    fake_host.write(f"proc/{PID}/maps", "7f0000000000-7f0000100000 r-xp 00000000 08:01 42 "
+                    "/opt/venv/lib/python3.12/site-packages/torch/lib/libtorch_cpu.so\n")
     _v2_host_cgroups_only(fake_host)
 
 
@@ -773,9 +778,10 @@ def test_diagnose_fake_host(fake_host, psi):
     assert target["effective_cpus"]["physical_cores"] == 8
     assert target["memory"]["cgroup"]["limit_bytes"] == 8 * GIB
     assert target["memory"]["cgroup"]["working_set_bytes"] == 5 * GIB
-    assert target["memory"]["cgroup"]["unreclaimable_bytes"] == 4 * GIB
+    assert target["memory"]["cgroup"]["unreclaimable_bytes"] == 4 * GIB - SLAB_RECLAIMABLE
     assert target["memory"]["limit_kind"] == "cgroup"
-    assert target["memory"]["headroom_bytes"] == 4 * GIB   # 8 GiB - (6 - 1 - 1) GiB
+    # 8 GiB - (6 - 1 - 1 GiB - reclaimable slab)
+    assert target["memory"]["headroom_bytes"] == 4 * GIB + SLAB_RECLAIMABLE
     assert target["memory"]["rss_slope_bytes_per_second"] == 0.0
     assert target["memory"]["seconds_to_limit"] is None
     assert target["fds"] == {"open": 5, "limit": 1048576}
@@ -801,9 +807,13 @@ def test_diagnose_fake_host(fake_host, psi):
     assert statuses["cpu"] == statuses["memory"] == statuses["process"] == "ok"
     assert statuses["threads"] == statuses["cgroup"] == "ok"
     assert isinstance(report["observations"], list)
-    # OMP_NUM_THREADS=64 on 8 physical cores: the rules engine names it (pending: the window
-    # is shorter than the rule's `for:`), with the number to set in the hint; vLLM's own wording.
-    oversubscribed = [f for f in report["findings"] if f["rule_id"] == "thread-oversubscription"]
-    assert oversubscribed and oversubscribed[0]["state"] == "pending"
+    # OMP_NUM_THREADS=64 on 8 physical cores, with libtorch mapped (which reads it): the
+    # rules engine names the setting, with the number to set in the hint; vLLM's own wording.
+    # Nothing runs, so nothing is over-subscribed yet.
+    ids = {f["rule_id"] for f in report["findings"]}
+    assert "thread-oversubscription" not in ids
+    configured = [f for f in report["findings"] if f["rule_id"] == "thread-config-exceeds-cores"]
+    assert configured and configured[0]["state"] == "firing"
     assert report["engine"] == "vllm"
-    assert "vLLM sizes its torch threads itself" in oversubscribed[0]["hint"]
+    assert "vLLM sizes its torch threads itself" in configured[0]["hint"]
+    assert "64 threads (OMP_NUM_THREADS)" in configured[0]["summary"]

@@ -17,6 +17,8 @@ import pytest
 from fixturetree import FakeThread
 
 from dsmon.collectors.topology import TopologyCollector
+from dsmon.engine.monitor import HostRuleMonitor
+from dsmon.engine.rules import load_rules
 from dsmon.gpu import recording
 from dsmon.gpu.fake import FIXTURES, FakeBackend, load_recording
 from dsmon.gpu.nvml import GpuUnavailable, Nvml, NvmlError, PynvmlBackend, count_nvlinks
@@ -32,8 +34,8 @@ from dsmon.gpu.topology import (
     parse_nvidia_smi_topo,
     read_topology,
     render,
-    topo_command,
 )
+from dsmon.gpu.topo import topo_command
 from dsmon.model import Status, run_collector
 from dsmon.paths import HostPaths
 
@@ -124,8 +126,16 @@ def test_h200_sample_matches_the_recording(tmp_path):
     assert gpu.remapped_rows_uncorrectable == 0 and gpu.remap_pending is False
     assert gpu.mig_enabled is False
     assert [(p.pid, p.used_bytes) for p in snap.processes] == [(H200_PID, H200_PROCESS_BYTES)]
-    assert snap.findings == []
+    assert host_findings(snap) == []
     json.dumps(snap.to_dict())
+
+
+def host_findings(*snapshots):
+    """The firing findings of the shipped host rules after one snapshot per second."""
+    monitor = HostRuleMonitor(load_rules())
+    for second, snapshot in enumerate(snapshots):
+        monitor.observe_gpu(snapshot, float(second), 1000.0 + second)
+    return [f for f in monitor.findings() if f.state == "firing"]
 
 
 def test_memory_uses_the_v2_struct_not_v1(tmp_path):
@@ -260,8 +270,9 @@ def test_lost_gpu_is_critical_and_the_others_keep_reporting(tmp_path):
     for index in (0, 2, 3):
         assert not snap.gpus[index].lost
         assert snap.gpus[index].memory_total_bytes == 81559 * 2**20
-    top = snap.findings[0]
-    assert (top.severity, top.code, top.gpu_index) == ("critical", "gpu_lost", 1)
+    top = host_findings(snap)[0]
+    assert (top.severity, top.rule_id, top.subject) == ("critical", "gpu-lost", "host")
+    assert "GPU 1 (" in top.summary and "GPU 0 (" not in top.summary
     assert "nvidia-smi -r -i 1" in top.hint
     # a lost GPU is not asked again on fast ticks
     before = sum(1 for c in backend.calls if c[1:2] == (1,))
@@ -279,9 +290,9 @@ def test_gpu_count_dropping_is_reported(tmp_path):
     snap = batch.data
     assert (snap.device_count, snap.max_device_count) == (3, 4)
     assert [m["uuid"] for m in snap.missing] == [gone]
-    finding = next(f for f in snap.findings if f.code == "gpu_count_dropped")
+    finding = next(f for f in host_findings(first, snap) if f.rule_id == "gpu-count-dropped")
     assert finding.severity == "critical" and gone in finding.summary
-    assert "3 GPU(s), 4 were seen" in finding.summary
+    assert "1 GPU(s) seen earlier are gone" in finding.summary
     assert snap.gpus[2].uuid == first.gpus[3].uuid       # the next GPU moved down one index
     assert batch.status is Status.PARTIAL and "gpus" in batch.unavailable
 
@@ -615,7 +626,9 @@ def test_h200x2_recording_replays(tmp_path):
         [(0, H200X2_PID, 3160408064)]                 # nvidia-smi said 3014 MiB: the same
     idle = snap.gpus[1]
     assert idle.clock_event_reasons == ["gpu_idle"]   # idle is not a slowdown
-    assert not [f for f in snap.findings if f.code == "clocks_slowed"]
+    # held for longer than the rule's `for:`: an idle GPU is still not slowed
+    assert not [f for f in host_findings(*[snap] * 8)
+                if f.rule_id in ("gpu-clocks-slowed", "gpu-power-capped")]
     assert idle.memory_reserved_bytes == 644939776 and idle.memory_used_bytes == 3407872
     assert snap.xid_status == "watching GPUs 0, 1"
 
@@ -648,8 +661,11 @@ def test_h200x2_xid_event_is_a_finding(tmp_path):
     backend.inject_xid(1, 79)
     snap, _ = collector.collect()
     assert [(e.gpu_index, e.xid) for e in snap.xid_events] == [(1, 79)]
-    finding = next(f for f in snap.findings if f.code == "xid")
+    findings = host_findings(snap)
+    finding = next(f for f in findings if f.rule_id == "gpu-xid-critical")
     assert finding.severity == "critical" and "fallen off the bus" in finding.summary
+    assert "GPU 1: Xid 79" in finding.summary
+    assert "gpu-xid" not in {f.rule_id for f in findings}       # the critical one explains it
     snap, _ = collector.collect()
     assert snap.xid_events == [] and [e.xid for e in snap.recent_xids] == [79]
 

@@ -35,8 +35,8 @@ from dsmon.gpu.topology import (
     compare_with_nvidia_smi,
     read_topology,
     render,
-    topo_command,
 )
+from dsmon.gpu.topo import topo_command
 from dsmon.paths import HostPaths
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 from dsmon.agent.live import LiveHistory, live_points
-from dsmon.diagnose import TIMELINE_FEATURES
+from dsmon.report.sections import TIMELINE_FEATURES
 from dsmon.model import Batch, Status
 from dsmon.report.html import CHARTS, render_html
 from dsmon.sampler import Tick

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dsmon.analysis import (effective_cpus, linear_slope, per_core_utilisation, pool_of, rate,
-                            thread_settings)
+from dsmon.features.placement import effective_cpus
+from dsmon.features.series import linear_slope, rate
+from dsmon.features.threads import pool_of
+from dsmon.report.sections import per_core_utilisation, thread_settings
 from dsmon.collectors.cgroup import (parse_cpu_max, parse_flat_keyed, parse_limit)
 from dsmon.collectors.cpu import MODES, parse_proc_stat
 from dsmon.collectors.memory import parse_meminfo

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 
-from dsmon.analysis import THREAD_COUNT_VARIABLES
-from dsmon.engine.features import FS_WAIT_CHANNELS
+from dsmon.features.placement import THREAD_COUNT_VARIABLES
+from dsmon.features import FS_WAIT_CHANNELS
 from dsmon.engine.rules import load_rules
 from tests.helpers.spawn import diagnose_json
 

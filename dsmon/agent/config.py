@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from dsmon.stacks.capture import CaptureSettings
+from dsmon.units import parse_duration
 
 try:
     import tomllib
@@ -23,8 +24,6 @@ DEFAULT_PORT = 9848
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 TARGET_KINDS = ("pid", "pidfile", "unit", "pattern", "auto")
 _LABEL = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class ConfigError(Exception):
@@ -68,16 +67,6 @@ class AgentConfig:
 
     def with_overrides(self, **overrides) -> "AgentConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v not in (None, (), "")})
-
-
-def parse_duration(value, where: str, problems: list[str]) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    match = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
-    if match and float(match.group(1)) > 0:
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    problems.append(f"{where}: {value!r} is not a positive duration (e.g. 1s, 500ms, 2m)")
-    return None
 
 
 def parse_target(text: str, where: str, problems: list[str]) -> TargetSpec | None:
@@ -167,7 +156,8 @@ def parse_config(document: dict, source: str) -> AgentConfig:
     for key in ("interval", "rules_interval", "discovery_interval", "slow_interval",
                 "engine_interval"):
         if key in agent:
-            seconds = parse_duration(agent[key], f"{source}: [agent] {key}", problems)
+            seconds = parse_duration(agent[key], f"{source}: [agent] {key}", problems,
+                                     allow_zero=False)
             if seconds is not None:
                 values[f"{key}_s"] = seconds
     for key in ("max_series", "max_threads", "max_pools"):
@@ -250,7 +240,7 @@ def _parse_captures(table, source: str, problems: list[str]) -> CaptureSettings:
     for key, attribute in (("min_interval", "min_interval_s"), ("max_age", "max_age_s"),
                            ("timeout", "timeout_s")):
         if key in table:
-            seconds = parse_duration(table[key], f"{where} {key}", problems)
+            seconds = parse_duration(table[key], f"{where} {key}", problems, allow_zero=False)
             if seconds is not None:
                 values[attribute] = seconds
     for key, attribute, least in (("max_bytes", "max_bytes", 4096), ("keep", "keep", 1)):

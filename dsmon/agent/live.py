@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dsmon import __version__
-from dsmon.analysis import analyse, linear_slope, timeline_point
-from dsmon.diagnose import SCHEMA_VERSION, TIMELINE_FEATURES
+from dsmon.diagnose import SCHEMA_VERSION
 from dsmon.model import Batch, Status
+from dsmon.report.sections import TIMELINE_FEATURES, analyse, timeline_point
 
 LIVE_WINDOW_S = 300.0          # what the live page shows: the last five minutes
 REFRESH_S = 5                  # how often the page reloads itself
@@ -85,19 +85,13 @@ def live_report(runtime, interval_s: float, gpu_snapshot=None, gpu_topology=None
         findings = [finding.as_dict() for finding in runtime.monitor.engine.current()]
         engine = runtime.monitor.engine_name or None
         numa = runtime.numa_memory
+        # The latest tick's features: memory growth and time to the limit as the rules see
+        # them (a fit over the feature layer's window, not over these two ticks).
+        features = {ticks[-1].mono_ts: dict(runtime.monitor.last_values)} if ticks else {}
     numa_batch = Batch("numa_maps", 0.0, 0.0, Status.OK, numa) if numa is not None else None
-    body = analyse(runtime.static, ticks, numa_batch) if ticks else \
+    body = analyse(runtime.static, ticks, numa_batch, features) if ticks else \
         {"host": {}, "target": {}, "threads": {}, "timeline": []}
     body["timeline"] = timeline
-    memory = (body.get("target") or {}).get("memory")
-    if memory is not None:
-        # Two ticks cannot give a slope: fit the working set over the whole live window.
-        slope = linear_slope([(e["t"], e["working_set_bytes"]) for e in timeline
-                              if e.get("working_set_bytes") is not None])
-        headroom = next((e["memory_headroom_bytes"] for e in reversed(timeline)
-                         if e.get("memory_headroom_bytes") is not None), None)
-        memory["seconds_to_limit"] = round(headroom / slope, 1) \
-            if headroom is not None and slope and slope > 0 else None
     elapsed = timeline[-1]["t"] if timeline else 0.0
     report = {
         "schema_version": SCHEMA_VERSION,

@@ -107,10 +107,8 @@ class Publisher:
             if snapshot is not None:
                 render_gpus(out, snapshot, {r.resolved.pid: r.label
                                             for r in sampling.targets.values()})
-                for finding in snapshot.findings:
-                    if finding.severity in ("warning", "critical"):
-                        active.add((f"gpu-{finding.code.replace('_', '-')}", finding.severity,
-                                    "host"))
+            active |= {(f.rule_id, f.severity, "host")
+                       for f in sampling.host_monitor.engine.current() if f.state == "firing"}
             render_findings(out, active, sampling.fired)
             render_exits(out, sampling.exits)
             captures = sampling.captures

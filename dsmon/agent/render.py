@@ -6,6 +6,8 @@ from dsmon.collectors.cpu import MODES
 from dsmon.sinks.prometheus import MetricsBuilder
 
 THREAD_STATES = ("R", "S", "D", "T", "t", "Z", "I", "X", "P")
+FINDING_ACTIVE_HELP = "1 while a finding fires, 0 for each loaded rule that does not."
+FINDINGS_FIRED_HELP = "Times a finding started firing."
 
 
 def render_host(out: MetricsBuilder, host: dict, topology) -> None:
@@ -57,6 +59,7 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
               1, target=label, comm=identity.comm, engine=runtime.monitor.engine_name,
               cgroup=runtime.static.cgroup_layout.cgroup_path or "")
     render_engine(out, runtime)
+    render_rule_series(out, runtime)
     if tick is None:
         return
     process = tick.data("process")
@@ -141,6 +144,11 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
             ("seconds_to_memory_limit", "dsmon_process_memory_limit_eta_seconds",
              "Time until the limit at the current growth (absent when not growing).")):
         out.gauge(name, help_text, features.last(feature), target=label)
+    for runtime_name in ("torch", "blas", "openmp"):
+        out.gauge("dsmon_process_runtime_loaded", "1 when the native runtime is mapped into the "
+                  "target (/proc/PID/maps, re-read every minute): torch, blas (OpenBLAS, MKL, "
+                  "numpy), openmp (libgomp, libiomp).", features.last(f"{runtime_name}_loaded"),
+                  target=label, runtime=runtime_name)
     cgroup = tick.data("cgroup")
     if cgroup is not None:
         out.counter("dsmon_process_oom_kills", "OOM kills in the target's cgroup.",
@@ -180,15 +188,26 @@ def render_engine(out: MetricsBuilder, runtime) -> None:
                   value, target=label, state=state)
 
 
+def render_rule_series(out: MetricsBuilder, runtime) -> None:
+    """Both findings families at 0 for every rule loaded for the target, before anything
+    fires: increase(dsmon_findings_fired_total[..]) then counts the first fire (a counter born
+    at 1 has no increase), and a rule that never fired reads 0 rather than absent.
+    render_findings later replaces the zeros of what fired."""
+    for rule in runtime.monitor.rules:
+        labels = dict(rule_id=rule.id, severity=rule.severity, target=runtime.label)
+        out.gauge("dsmon_finding_active", FINDING_ACTIVE_HELP, 0, initial=True, **labels)
+        out.counter("dsmon_findings_fired", FINDINGS_FIRED_HELP, 0, initial=True, **labels)
+
+
 def render_findings(out: MetricsBuilder, active: set[tuple[str, str, str]],
                     fired: dict[tuple[str, str, str], int]) -> None:
     """`active`: (rule_id, severity, target) firing now; `fired`: how often each started
     firing, kept per target label across restarts so the counter does not reset."""
     for rule_id, severity, target in sorted(active):
-        out.gauge("dsmon_finding_active", "1 while a finding fires.", 1,
+        out.gauge("dsmon_finding_active", FINDING_ACTIVE_HELP, 1,
                   rule_id=rule_id, severity=severity, target=target)
     for (rule_id, severity, target), count in sorted(fired.items()):
-        out.counter("dsmon_findings_fired", "Times a finding started firing.", count,
+        out.counter("dsmon_findings_fired", FINDINGS_FIRED_HELP, count,
                     rule_id=rule_id, severity=severity, target=target)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from dsmon.agent.live import LiveHistory
 from dsmon.agent.targets import Resolved
-from dsmon.analysis import pool_of
+from dsmon.features.threads import pool_of
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine_metrics import EngineScraper, find_endpoint
 from dsmon.model import run_collector

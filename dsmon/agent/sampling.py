@@ -16,6 +16,7 @@ from dsmon.agent.live import live_points
 from dsmon.agent.runtime import TargetRuntime
 from dsmon.agent.targets import TargetResolver
 from dsmon.collectors.topology import TopologyCollector
+from dsmon.engine.monitor import HostRuleMonitor
 from dsmon.fdbudget import FdBudget
 from dsmon.gpu.sample import GpuCollector
 from dsmon.model import Status, run_collector
@@ -44,6 +45,7 @@ class Sampling:
                                 slow_inline=False)
         self.gpu_snapshot = None
         self.latest_gpu = None
+        self.host_monitor = HostRuleMonitor(rules)    # the host's rules: GPU health
         self.targets: dict[str, TargetRuntime] = {}
         self.lock = threading.RLock()
         self.host_batches: dict = {}
@@ -66,6 +68,7 @@ class Sampling:
                 self.captures = CaptureStore(config.captures)
             self.config = config
             self.rules = rules
+            self.host_monitor = HostRuleMonitor(rules)
             self.resolver = TargetResolver(self.paths, config.targets)
             for runtime in self.targets.values():
                 runtime.close()
@@ -130,6 +133,11 @@ class Sampling:
                                         batch.duration_s, time.monotonic())
         self.gpu_snapshot = batch.data if batch.ok else None
         self.latest_gpu = batch
+        if self.gpu_snapshot is not None:
+            with self.lock:
+                changed = self.host_monitor.observe_gpu(self.gpu_snapshot, time.monotonic(),
+                                                        time.time())
+                self._count_transitions(changed, "host")
 
     def collect_gpus_slow(self) -> None:
         # Without a driver this is "no data" (the fast job logs it once), not a job failure.
@@ -191,19 +199,27 @@ class Sampling:
         now, wall = time.monotonic(), time.time()
         changed = False
         for runtime in self.runtimes():
-            for finding, state in runtime.evaluate(now, wall):
-                changed = True
-                if state == "firing":
-                    key = (finding.rule_id, finding.severity, runtime.label)
-                    self.fired[key] = self.fired.get(key, 0) + 1
-                    log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
-                                finding.severity, runtime.label, finding.summary)
-                    if finding.capture == "stack" and self.captures.should_capture(runtime.label):
-                        self._capture_later(runtime, finding)
-                elif state == "resolved":
-                    log.info("finding %s resolved on %s", finding.rule_id, runtime.label)
+            transitions = runtime.evaluate(now, wall)
+            changed |= bool(transitions)
+            for finding in self._count_transitions(transitions, runtime.label):
+                if finding.capture == "stack" and self.captures.should_capture(runtime.label):
+                    self._capture_later(runtime, finding)
         if changed:   # otherwise the sample job's publication already says it all
             self.on_change()
+
+    def _count_transitions(self, transitions, label: str) -> list:
+        """Count and log state changes; returns the findings that started firing."""
+        fired = []
+        for finding, state in transitions:
+            if state == "firing":
+                key = (finding.rule_id, finding.severity, label)
+                self.fired[key] = self.fired.get(key, 0) + 1
+                log.warning("finding %s (%s) firing on %s: %s", finding.rule_id,
+                            finding.severity, label, finding.summary)
+                fired.append(finding)
+            elif state == "resolved":
+                log.info("finding %s resolved on %s", finding.rule_id, label)
+        return fired
 
     def _capture_later(self, runtime, finding) -> None:
         """py-spy runs on the slow executor: a slow dump must not hold back the rules."""

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from dsmon.agent.config import TargetSpec
 from dsmon.collectors.process import parse_proc_cgroup, read_stat
-from dsmon.engine.engines import detect_engine, torch_loaded
+from dsmon.collectors.runtimes import RuntimesCollector
+from dsmon.engine.engines import detect_engine
 from dsmon.paths import HostPaths
 from dsmon.sources import SourceError, list_dir, read_bytes, read_text
 
@@ -126,7 +127,7 @@ class TargetResolver:
 
     def _has_torch(self, pid: int) -> bool:
         try:
-            return torch_loaded(read_bytes(self.paths.pid(pid, "maps"), process_file=True))
+            return RuntimesCollector(self.paths, pid).collect().torch
         except SourceError:
             return False
 

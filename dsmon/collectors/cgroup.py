@@ -160,13 +160,15 @@ def resolve_layout(paths: HostPaths, entries: list[tuple[str, list[str], str]]) 
     return layout
 
 
-def _file_cache(directory: str, v2: bool) -> tuple[int | None, int | None]:
-    """(inactive, active) file pages; v1's total_ counters include descendants, like usage."""
+def _file_cache(directory: str, v2: bool) -> tuple[int | None, int | None, int]:
+    """(inactive, active) file pages and reclaimable slab (dentries and inodes, which the
+    kernel's shrinkers free before an OOM kill: writing many files grows it); v1's total_
+    counters include descendants, like usage, and v1 does not split slab out."""
     stat = parse_flat_keyed(read_text(os.path.join(directory, "memory.stat")))
     if v2:
-        return stat.get("inactive_file"), stat.get("active_file")
+        return stat.get("inactive_file"), stat.get("active_file"), stat.get("slab_reclaimable", 0)
     return (stat.get("total_inactive_file", stat.get("inactive_file")),
-            stat.get("total_active_file", stat.get("active_file")))
+            stat.get("total_active_file", stat.get("active_file")), 0)
 
 
 def _join(root: str, cgroup_path: str) -> str:
@@ -236,11 +238,12 @@ class CgroupCollector:
         limit_file = "memory.max" if v2 else "memory.limit_in_bytes"
         usage_file = "memory.current" if v2 else "memory.usage_in_bytes"
         sample.memory_usage_bytes = int(read_text(os.path.join(directory, usage_file)))
-        inactive, active = _file_cache(directory, v2)
+        inactive, active, slab = _file_cache(directory, v2)
         sample.inactive_file_bytes, sample.active_file_bytes = inactive, active
         if inactive is not None:
             sample.working_set_bytes = max(0, sample.memory_usage_bytes - inactive)
-            sample.unreclaimable_bytes = max(0, sample.memory_usage_bytes - inactive - (active or 0))
+            sample.unreclaimable_bytes = max(
+                0, sample.memory_usage_bytes - inactive - (active or 0) - slab)
         # The kernel OOM-kills when any level on the path reaches its own limit, and a parent's
         # usage includes its other children: the binding level is the one with least headroom.
         for level in _ancestors(directory, root):
@@ -254,8 +257,9 @@ class CgroupCollector:
                 level_used = sample.unreclaimable_bytes
             else:
                 level_usage = int(read_text(os.path.join(level, usage_file)))
-                level_inactive, level_active = _file_cache(level, v2)
-                level_used = max(0, level_usage - (level_inactive or 0) - (level_active or 0))
+                level_inactive, level_active, level_slab = _file_cache(level, v2)
+                level_used = max(0, level_usage - (level_inactive or 0) - (level_active or 0)
+                                 - level_slab)
             if level_used is None:
                 continue
             headroom = max(0, limit - level_used)

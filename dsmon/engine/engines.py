@@ -29,7 +29,3 @@ def detect_engine(cmdline: list[str], exe: str | None, comm: str,
         return "pytorch" if torch_loaded else "python"
     return ""
 
-
-def torch_loaded(maps: bytes) -> bool:
-    """Whether a process's /proc/<pid>/maps shows libtorch."""
-    return b"libtorch" in maps

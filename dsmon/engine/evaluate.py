@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
-import string
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsmon.analysis import linear_slope, stddev
-from dsmon.engine.features import CONTEXT_FIELDS, FEATURES, FeatureStore
-from dsmon.engine.format import format_value
-from dsmon.engine.rules import SEVERITY_RANK, Leaf, Rule
+from dsmon.features.series import fit_line, stddev
+from dsmon.features import CONTEXT_FIELDS, FEATURES, FeatureStore
+from dsmon.units import format_value
+from dsmon.engine.rules import (SEVERITY_RANK, Leaf, Rule, RuleTemplate, inhibited_by,
+                                split_placeholder, template_fields)
 
 
 HISTORY_LIMIT = 1000
+# The hint key of the thread-pool library a plain Python process has loaded.
+HINT_RUNTIME = {"MKL": "blas", "OpenBLAS": "blas", "OpenMP": "openmp"}
 
 
 def aggregate(agg: str, points: list[tuple[float, float]]) -> float | None:
@@ -40,9 +42,27 @@ def aggregate(agg: str, points: list[tuple[float, float]]) -> float | None:
             return delta
         span = points[-1][0] - points[0][0]
         return delta / span if span > 0 else None
-    if agg == "slope":
-        return linear_slope(points)
+    if agg in ("slope", "fit_r2"):
+        fit = fit_line(points)
+        if fit is None:
+            return None
+        return fit.slope if agg == "slope" else fit.r_squared
     raise ValueError(agg)
+
+
+# Aggregations whose value is in the feature's own unit (a level, not a change or a count).
+LEVEL_AGGREGATIONS = ("last", "min", "max", "avg")
+_PER_SECOND = {"bytes": "bytes_per_second", "count": "per_second"}
+
+
+def aggregate_unit(agg: str, unit: str) -> str:
+    if agg == "count":
+        return "count"
+    if agg == "fit_r2":
+        return "ratio"
+    if agg in ("slope", "rate"):
+        return _PER_SECOND.get(unit, unit)
+    return unit
 
 
 _COMPARE = {
@@ -62,15 +82,24 @@ class Evidence:
     met: bool | None          # None: not enough data to decide
     points: int
     negated: bool = False     # inside a `none:` group: when met, it argues against the finding
+    span_s: float = 0.0       # time between the first and last point actually used
+
+    @property
+    def unit(self) -> str:
+        return aggregate_unit(self.agg, FEATURES[self.feature].unit)
 
     def as_dict(self) -> dict:
-        unit = "count" if self.agg == "count" else FEATURES[self.feature].unit
-        return {"feature": self.feature, "negated": self.negated, "aggregation": self.agg, "window_seconds": self.window_s,
+        unit = self.unit
+        # The window as really used: a diagnose run shorter than the rule's window, or a
+        # feature measured only every few sweeps, covers less than the nominal window.
+        covered = (f"{self.points} point{'s' if self.points != 1 else ''} over "
+                   f"{self.span_s:.1f}s of {self.window_s:g}s")
+        return {"feature": self.feature, "negated": self.negated, "aggregation": self.agg,
+                "window_seconds": self.window_s, "span_seconds": round(self.span_s, 3),
                 "value": _clean(self.value), "op": self.op, "threshold": _clean(self.threshold),
                 "met": self.met, "points": self.points, "unit": unit,
-                "text": f"{self.agg}({self.feature}) over {self.window_s:g}s = "
-                        f"{format_value(self.value, unit)} {self.op} "
-                        f"{format_value(self.threshold, unit)}"}
+                "text": f"{self.agg}({self.feature}) = {format_value(self.value, unit)} "
+                        f"{self.op} {format_value(self.threshold, unit)} ({covered})"}
 
 
 def _clean(value):
@@ -90,8 +119,9 @@ def evaluate_condition(node, store: FeatureStore, now: float, evidence: list[Evi
             threshold = None if reference is None else \
                 reference * node.value_of.factor + node.value_of.offset
         met = None if value is None or threshold is None else _COMPARE[node.op](value, threshold)
+        span = points[-1][0] - points[0][0] if points else 0.0
         evidence.append(Evidence(node.feature, node.agg, node.window_s, value, node.op, threshold,
-                                 met, len(points), negated))
+                                 met, len(points), negated, span))
         return met
     inner = negated != (node.kind == "none")
     results = [evaluate_condition(child, store, now, evidence, inner) for child in node.children]
@@ -117,6 +147,7 @@ class Finding:
     resolved_at: float | None = None
     last_true: float | None = None
     capture: str | None = None
+    inhibited_by: str | None = None     # set when another rule's cause ended this one
 
     def as_dict(self, start_mono: float | None = None) -> dict:
         def rel(value):
@@ -127,27 +158,63 @@ class Finding:
                 # evidence, listed only in evidence_all.
                 "evidence": [e.as_dict() for e in self.evidence if e.met and not e.negated],
                 "evidence_all": [e.as_dict() for e in self.evidence],
-                "since_wall": self.since_wall,
+                "since_wall": self.since_wall, "inhibited_by": self.inhibited_by,
                 "since_seconds": rel(self.since), "fired_at_seconds": rel(self.fired_at),
                 "resolved_at_seconds": rel(self.resolved_at)}
 
 
 def render(template: str, values: dict[str, str]) -> str:
     # safe_substitute: a placeholder without a value stays visible rather than failing.
-    return string.Template(template).safe_substitute(values)
+    return RuleTemplate(template).safe_substitute(values)
 
 
-def template_values(store: FeatureStore, context: dict[str, str]) -> dict[str, str]:
-    values = {name: format_value(store.last(name), feature.unit)
-              for name, feature in FEATURES.items()}
-    for name in CONTEXT_FIELDS:
-        values[name] = context.get(name) or "unknown"
+def _used_value(evidence: list[Evidence], feature: str) -> Evidence | None:
+    """The evidence a bare `$feature` quotes: the first level aggregation of that feature that
+    supported the verdict, else the first one evaluated."""
+    candidates = [e for e in evidence if e.feature == feature and e.agg in LEVEL_AGGREGATIONS
+                  and e.value is not None]
+    supporting = [e for e in candidates if e.met and not e.negated]
+    return (supporting or candidates or [None])[0]
+
+
+def template_values(rule: Rule, evidence: list[Evidence], store: FeatureStore, now: float,
+                    context: dict[str, str], names: set[str]) -> dict[str, str]:
+    """Values for a rule's placeholders, from the same aggregates as its evidence: `$feature`
+    is the value a condition of the rule computed (avg where the rule averaged), `${agg:f}`
+    that aggregation over the rule's window, and a feature the conditions do not use is its
+    last value."""
+    values: dict[str, str] = {}
+    window = max((e.window_s for e in evidence), default=0.0)
+    for name in names:
+        agg, feature = split_placeholder(name)
+        if feature in CONTEXT_FIELDS and agg is None:
+            values[name] = context.get(feature) or "unknown"
+            continue
+        if feature not in FEATURES:
+            continue
+        unit = FEATURES[feature].unit
+        if agg is None:
+            used = _used_value(evidence, feature)
+            value = used.value if used is not None else store.last(feature)
+        else:
+            same = [e for e in evidence if e.feature == feature and e.agg == agg
+                    and e.value is not None]
+            value = same[0].value if same else aggregate(agg, store.window(feature, now, window))
+            unit = aggregate_unit(agg, unit)
+        values[name] = format_value(value, unit)
     rss = store.last("rss_bytes")
     if rss is not None:
         # What lower precision would free if the resident memory were FP32 weights.
         values["half_of_rss"] = format_value(rss / 2, "bytes")
         values["three_quarters_of_rss"] = format_value(rss * 3 / 4, "bytes")
     return values
+
+
+def template_names(rule: Rule) -> set[str]:
+    names = set()
+    for text in (rule.summary, rule.hint, *rule.hints.values()):
+        names |= template_fields(text)
+    return names - {"<invalid>"}
 
 
 @dataclass
@@ -160,21 +227,38 @@ class Engine:
     # finding resolves over and over.
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
 
+    def __post_init__(self):
+        self._inhibitors = inhibited_by(self.rules)
+        self._placeholders = {rule.id: template_names(rule) for rule in self.rules}
+
     def evaluate(self, store: FeatureStore, now: float, wall: float,
                  context: dict[str, str]) -> list[tuple[Finding, str]]:
         """Evaluate all rules at `now`; returns (finding, new state) for each state change,
-        in order (a `for: 0` rule goes pending and firing in one evaluation)."""
+        in order (a `for: 0` rule goes pending and firing in one evaluation).
+
+        A rule listed in the `inhibits` of a rule whose condition holds (or which is still
+        firing through its keep_firing_for) does not fire, and an active one resolves at once:
+        the inhibiting rule names the cause."""
         changed: list[tuple[Finding, str]] = []
-        values = None
+        verdicts: dict[str, tuple[bool, list[Evidence]]] = {}
         for rule in self.rules:
             evidence: list[Evidence] = []
-            met = evaluate_condition(rule.when, store, now, evidence) is True
+            verdicts[rule.id] = (evaluate_condition(rule.when, store, now, evidence) is True,
+                                 evidence)
+        explaining = {rule_id for rule_id, (met, _) in verdicts.items() if met} | \
+            {rule_id for rule_id, finding in self.active.items() if finding.state == "firing"}
+        engine = context.get("engine", "")
+        runtime = HINT_RUNTIME.get(context.get("thread_pool_library", ""), "")
+        for rule in self.rules:
+            met, evidence = verdicts[rule.id]
             finding = self.active.get(rule.id)
-            if met:
-                if values is None:
-                    values = template_values(store, context)
+            inhibitor = next((other for other in self._inhibitors.get(rule.id, ())
+                              if other in explaining), None)
+            if met and inhibitor is None:
+                values = template_values(rule, evidence, store, now, context,
+                                         self._placeholders[rule.id])
                 summary = render(rule.summary, values)
-                hint = render(rule.hint_for(context.get("engine", "")), values)
+                hint = render(rule.hint_for(engine, runtime), values)
                 if finding is None:
                     finding = Finding(rule.id, rule.severity, "pending", context.get("target", ""),
                                       summary, hint, evidence, now, wall, capture=rule.capture)
@@ -188,8 +272,10 @@ class Engine:
             elif finding is not None:
                 if finding.state == "pending":
                     del self.active[rule.id]
-                elif now - (finding.last_true or now) >= rule.keep_firing_for_s - 1e-6:
+                elif inhibitor is not None or \
+                        now - (finding.last_true or now) >= rule.keep_firing_for_s - 1e-6:
                     finding.state, finding.resolved_at = "resolved", now
+                    finding.inhibited_by = inhibitor
                     del self.active[rule.id]
                     self.history.append(finding)
                     changed.append((finding, finding.state))

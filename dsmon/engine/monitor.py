@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from dsmon.engine.engines import detect_engine, torch_loaded
-from dsmon.sources import SourceError, read_bytes
+from dsmon.engine.engines import detect_engine
 from dsmon.engine.evaluate import Engine, Finding
-from dsmon.engine.features import FeatureExtractor, FeatureStore
+from dsmon.features import FeatureExtractor, FeatureStore
+from dsmon.features.gpu_health import GpuHealthFeatures
 from dsmon.engine.rules import SEVERITY_RANK, Rule
 
 # Feature history is kept a little longer than the longest rule window.
@@ -33,6 +33,7 @@ class RuleMonitor:
     last_values: dict = field(default_factory=dict)   # the latest tick's features (live view)
 
     def __post_init__(self):
+        self.rules = [rule for rule in self.rules if rule.subject == "target"]
         identity = self.static.identity
         self.extractor = FeatureExtractor(self.static)
         self.extractor.context["engine"] = detect_engine(
@@ -42,13 +43,9 @@ class RuleMonitor:
         self.engine = Engine(self.rules)
 
     def _torch_loaded(self) -> bool:
-        paths = getattr(self.static, "paths", None)
-        if paths is None:
-            return False
-        try:
-            return torch_loaded(read_bytes(paths.pid(self.static.identity.pid, "maps"), True))
-        except SourceError:
-            return False
+        """From the static facts (dsmon.collectors.runtimes); the engine reads no host file."""
+        batch = getattr(self.static, "runtimes", None)
+        return batch is not None and batch.ok and batch.data.torch
 
     def follow_gpu_locality(self, gpu_snapshot, topology) -> None:
         """Tell the features which CPUs are local to the GPUs this target uses."""
@@ -87,9 +84,56 @@ class RuleMonitor:
 
     def findings(self) -> list[Finding]:
         """Active findings, then those resolved during the window; most severe first."""
-        resolved = sorted(self.engine.history, key=lambda f: -SEVERITY_RANK[f.severity])
-        return self.engine.current() + resolved
+        return ordered_findings(self.engine)
 
     def worst_firing(self) -> str | None:
-        firing = [f.severity for f in self.engine.current() if f.state == "firing"]
-        return max(firing, key=SEVERITY_RANK.get) if firing else None
+        return worst_firing(self.engine)
+
+
+@dataclass
+class HostRuleMonitor:
+    """The host's rules (`subject: host`: GPU health) over time, one per agent or diagnose run:
+    a lost GPU is one finding, whichever processes use it."""
+
+    rules: list[Rule]
+    transitions: deque = field(default_factory=lambda: deque(maxlen=TRANSITIONS_LIMIT))
+
+    def __post_init__(self):
+        self.rules = [rule for rule in self.rules if rule.subject == "host"]
+        self.gpu_health = GpuHealthFeatures()
+        retention = max((rule.longest_window_s for rule in self.rules), default=0.0)
+        self.store = FeatureStore(retention + RETENTION_MARGIN_S)
+        self.engine = Engine(self.rules)
+        self.context: dict[str, str] = {"target": "host", "comm": "host"}
+        self._started = False
+
+    def observe_gpu(self, snapshot, now: float, wall: float) -> list[tuple[Finding, str]]:
+        """Record one NVML snapshot (None: no NVML) and evaluate at its time."""
+        if not self._started:
+            # The event counters count from dsmon's start: an event in the first snapshot is
+            # a delta too.
+            self.store.add(now - 1e-3, {"gpu_xid_events": 0.0, "gpu_critical_xid_events": 0.0})
+            self._started = True
+        values = self.gpu_health.update(snapshot)
+        self.store.add(now, values)
+        self.context.update(self.gpu_health.context)
+        changed = self.engine.evaluate(self.store, now, wall, self.context)
+        for finding, state in changed:
+            self.transitions.append(Transition(now, finding.rule_id, finding.severity, state))
+        return changed
+
+    def findings(self) -> list[Finding]:
+        return ordered_findings(self.engine)
+
+    def worst_firing(self) -> str | None:
+        return worst_firing(self.engine)
+
+
+def ordered_findings(engine: Engine) -> list[Finding]:
+    resolved = sorted(engine.history, key=lambda f: -SEVERITY_RANK[f.severity])
+    return engine.current() + resolved
+
+
+def worst_firing(engine: Engine) -> str | None:
+    firing = [f.severity for f in engine.current() if f.state == "firing"]
+    return max(firing, key=SEVERITY_RANK.get) if firing else None

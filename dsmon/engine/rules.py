@@ -14,23 +14,27 @@ from pathlib import Path
 
 import yaml
 
-from dsmon.engine.features import CONTEXT_FIELDS, FEATURES
+from dsmon.features import CONTEXT_FIELDS, FEATURES
+from dsmon.units import parse_duration
 
-AGGREGATIONS = ("last", "min", "max", "avg", "stddev", "rate", "delta", "slope", "count")
+AGGREGATIONS = ("last", "min", "max", "avg", "stddev", "rate", "delta", "slope", "fit_r2",
+                "count")
 OPERATORS = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES = ("info", "warning", "critical")
 SEVERITY_RANK = {"info": 1, "warning": 2, "critical": 3}
 ENGINES = ("vllm", "sglang", "tgi", "triton", "llamacpp", "ollama", "pytorch", "python")
+# Hints may also be keyed by the thread-pool runtime a plain Python process has loaded
+# (numpy's OpenBLAS, MKL, an OpenMP runtime): the engine alone cannot say which knob applies.
+RUNTIMES = ("blas", "openmp")
+HINT_KEYS = ENGINES + RUNTIMES
 SUBJECTS = ("target", "host")
 RULE_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Enough points for each aggregation to mean something.
 MIN_POINTS = {"last": 1, "min": 1, "max": 1, "avg": 1, "count": 0, "stddev": 3, "rate": 2,
-              "delta": 2, "slope": 3}
+              "delta": 2, "slope": 3, "fit_r2": 3}
 
 RULE_KEYS = {"id", "severity", "summary", "hint", "hints", "when", "for", "keep_firing_for",
-             "window", "subject", "description", "capture", "doc"}
+             "window", "subject", "description", "capture", "doc", "inhibits"}
 LEAF_KEYS = {"feature", "agg", "window", "op", "value", "value_of", "min_points"}
 VALUE_OF_KEYS = {"feature", "agg", "factor", "offset"}
 GROUP_KEYS = ("all", "any", "none")
@@ -89,11 +93,23 @@ class Rule:
     hints: dict[str, str] = field(default_factory=dict)
     capture: str | None = None
     source: str = ""
+    # Rules this one explains away while it is active (as Alertmanager's inhibit rules): a
+    # GIL-bound process is not also over-subscribed, a cgroup full of page cache is not at
+    # OOM risk. One cause per symptom.
+    inhibits: tuple[str, ...] = ()
 
-    def hint_for(self, engine: str) -> str:
-        if engine == "python" and "python" not in self.hints:
-            engine = "pytorch"  # torch-style thread advice also fits plain Python processes
-        return self.hints.get(engine, self.hint) if engine else self.hint
+    def hint_for(self, engine: str, runtime: str = "") -> str:
+        """The engine's own hint (torch advice is keyed `pytorch`, which the engine detector
+        reports only when libtorch is mapped); for a plain Python process, the hint of the
+        thread-pool runtime it has mapped (`blas`, `openmp`) before the `python` one, since
+        that runtime's knob is what sizes its threads; else the generic hint."""
+        if engine == "python" or not engine:
+            order = [runtime, engine]
+        elif engine == "pytorch":
+            order = [engine, runtime]
+        else:
+            order = [engine]
+        return next((self.hints[key] for key in order if key and key in self.hints), self.hint)
 
     def leaves(self):
         def walk(node):
@@ -109,21 +125,39 @@ class Rule:
         return max((leaf.window_s for leaf in self.leaves()), default=0.0)
 
 
-def parse_duration(value, where: str, problems: list[str]) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    problems.append(f"{where}: {value!r} is not a duration (use e.g. 30s, 2m, 500ms)")
+class RuleTemplate(string.Template):
+    """`$feature`, `${feature}`, and `${agg:feature}` for an explicit aggregation over the
+    rule's window (e.g. `${max:cpu_cores}`)."""
+
+    braceidpattern = r"(?a:(?:[a-z_0-9]+:)?[_a-z][_a-z0-9]*)"
+
+
+def split_placeholder(name: str) -> tuple[str | None, str]:
+    """'avg:busy_threads' -> ('avg', 'busy_threads'); 'comm' -> (None, 'comm')."""
+    agg, _, feature = name.rpartition(":")
+    return (agg or None), feature
+
+
+def placeholder_problem(name: str) -> str | None:
+    if name == "<invalid>":
+        return "a '$' that is not a placeholder (write $$ for a literal dollar)"
+    agg, feature = split_placeholder(name)
+    if agg is not None:
+        if agg not in AGGREGATIONS:
+            return f"${{{name}}}: unknown aggregation {agg!r} (one of {', '.join(AGGREGATIONS)})"
+        if feature not in FEATURES:
+            return f"${{{name}}}: unknown feature {feature!r}"
+        return None
+    if feature not in FEATURES and feature not in CONTEXT_FIELDS:
+        return (f"unknown placeholder ${feature} (a feature, ${{agg:feature}}, or one of "
+                + ", ".join(CONTEXT_FIELDS) + ")")
     return None
 
 
 def template_fields(text: str) -> set[str]:
-    """Placeholders of a string.Template, and malformed ones as '<invalid>'."""
+    """Placeholders of a rule template, and malformed ones as '<invalid>'."""
     names = set()
-    for match in string.Template.pattern.finditer(text):
+    for match in RuleTemplate.pattern.finditer(text):
         if match.group("invalid") is not None:
             names.add("<invalid>")
         name = match.group("named") or match.group("braced")
@@ -168,18 +202,16 @@ class _Parser:
             self.fail(label, "hints must map engine names to text")
             hints = {}
         for engine in hints:
-            if engine not in ENGINES:
-                self.fail(label, f"hints: unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+            if engine not in HINT_KEYS:
+                self.fail(label, f"hints: unknown engine or runtime {engine!r} "
+                                 f"(known: {', '.join(HINT_KEYS)})")
         for where, text in [("summary", raw.get("summary")), ("hint", raw.get("hint"))] + \
                 [(f"hints.{k}", v) for k, v in hints.items()]:
             if isinstance(text, str):
                 for name in sorted(template_fields(text)):
-                    if name == "<invalid>":
-                        self.fail(label, f"{where}: a '$' that is not a placeholder "
-                                         "(write $$ for a literal dollar)")
-                    elif name not in FEATURES and name not in CONTEXT_FIELDS:
-                        self.fail(label, f"{where}: unknown placeholder ${name} "
-                                         "(a feature or one of " + ", ".join(CONTEXT_FIELDS) + ")")
+                    problem = placeholder_problem(name)
+                    if problem:
+                        self.fail(label, f"{where}: {problem}")
         default_window = raw.get("window", "30s")
         window_s = parse_duration(default_window, f"{self.source}: rule {label}: window",
                                   self.problems)
@@ -194,11 +226,17 @@ class _Parser:
         capture = raw.get("capture")
         if capture not in (None, "stack"):
             self.fail(label, f"capture {capture!r} is not one of: stack")
+        inhibits = raw.get("inhibits", [])
+        if not isinstance(inhibits, list) or not all(isinstance(i, str) for i in inhibits):
+            self.fail(label, "inhibits must be a list of rule ids")
+            inhibits = []
+        elif rule_id in inhibits:
+            self.fail(label, "a rule cannot inhibit itself")
         if len(self.problems) > count:
             return None
         return Rule(rule_id, severity, raw["summary"].strip(), raw["hint"].strip(), when,
                     for_s, keep_s, subject, str(raw.get("description", "")).strip(),
-                    dict(hints), capture, self.source)
+                    dict(hints), capture, self.source, tuple(inhibits))
 
     def condition(self, raw, label: str, window_s: float, where: str):
         if not isinstance(raw, dict):
@@ -352,9 +390,44 @@ def load_rules(extra_paths=(), include_builtin: bool = True) -> list[Rule]:
     unknown_disabled = sorted(disabled - set(by_id))
     for rule_id in unknown_disabled:
         problems.append(f"disable: no rule with id {rule_id}")
+    problems.extend(inhibition_problems(by_id))
     if problems:
         raise RuleLoadError(problems)
     return [rule for rule_id, rule in by_id.items() if rule_id not in disabled]
+
+
+def inhibition_problems(by_id: dict[str, Rule]) -> list[str]:
+    """Unknown ids in `inhibits`, and cycles (A inhibits B inhibits A would silence both)."""
+    problems = [f"{rule.source}: rule {rule.id}: inhibits unknown rule {target}"
+                for rule in by_id.values() for target in rule.inhibits if target not in by_id]
+    state: dict[str, int] = {}          # 1 on the current path, 2 done
+
+    def visit(rule_id: str, path: list[str]) -> None:
+        state[rule_id] = 1
+        for target in by_id[rule_id].inhibits:
+            if target not in by_id:
+                continue
+            if state.get(target) == 1:
+                cycle = path[path.index(target):] + [target]
+                problems.append(f"{by_id[rule_id].source}: rule {rule_id}: inhibition cycle "
+                                + " -> ".join(cycle))
+            elif target not in state:
+                visit(target, path + [target])
+        state[rule_id] = 2
+
+    for rule_id in by_id:
+        if rule_id not in state:
+            visit(rule_id, [rule_id])
+    return problems
+
+
+def inhibited_by(rules: list[Rule]) -> dict[str, list[str]]:
+    """rule id -> the ids of the rules that inhibit it (among those loaded)."""
+    out: dict[str, list[str]] = {}
+    for rule in rules:
+        for target in rule.inhibits:
+            out.setdefault(target, []).append(rule.id)
+    return out
 
 
 def default_rule_paths() -> list[str]:

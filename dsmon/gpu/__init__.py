@@ -9,10 +9,14 @@ Modules
 - ``dsmon.gpu.fake``: ``FakeBackend(recording)`` replays a recording made on a real host
   (``tests/fixtures/gpu/*.json``), with injectable faults (no driver, lost GPU, GPU removed,
   PID-namespace views, XID events).
-- ``dsmon.gpu.sample``: ``GpuCollector`` and the data types.
+- ``dsmon.gpu.poll``: ``NvmlPoller``, which NVML questions are asked when (schedules,
+  demotion, lost GPUs, XID registration).
+- ``dsmon.gpu.sample``: ``GpuCollector`` (the poller, the targets' facts, the snapshot's
+  assembly) and the data types.
 - ``dsmon.gpu.processes``: mapping the target (and its children) to NVML's process lists
   through NSpid; ``TargetGpuUsage``.
-- ``dsmon.gpu.topology``: link matrix, CPU/NUMA affinity, ``topo_command``.
+- ``dsmon.gpu.topology``: link matrix, CPU/NUMA affinity, thread placement;
+  ``dsmon.gpu.topo``: ``topo_command``.
 - ``dsmon.gpu.recording``: converters that made the fixtures (nvml-dump, nvidia-smi -q/topo,
   the derived 8-GPU two-node host).
 
@@ -38,10 +42,7 @@ slow_inline=True, pcie_throughput=False, include_children=True, topology=True)``
 ``GpuSnapshot`` (dataclass; ``.to_dict()`` for JSON): ``driver_version``, ``nvml_version``,
 ``cuda_driver_version``, ``device_count``, ``max_device_count``, ``gpus: list[GpuSample]``,
 ``processes: list[GpuProcess]``, ``missing: list[dict]`` (GPUs seen before and gone now),
-``xid_events`` (this tick), ``recent_xids`` (last 10 min), ``findings: list[GpuFinding]``
-(severity info/warning/critical, code, summary, hint, gpu_index, gpu_uuid, evidence; codes:
-gpu_lost, gpu_count_dropped, xid, ecc_uncorrectable, row_remap_failure, row_remap_pending,
-clocks_slowed, pcie_link_degraded, mig_change_pending), ``targets: dict[int,
+``xid_events`` (this tick), ``recent_xids`` (last 10 min), ``targets: dict[int,
 TargetGpuUsage]``, ``schedule`` (fast/slow call names, demoted getters), ``fast_seconds``,
 ``fast_seconds_per_gpu``, ``slow_seconds``, ``xid_status``.
 
@@ -53,7 +54,10 @@ max}, ecc_enabled/ecc_pending, ecc_{volatile,aggregate}_{corrected,uncorrected},
 remapped_rows_{correctable,uncorrectable}, remap_pending, remap_failure, mig_enabled,
 mig_pending, pcie_{tx,rx}_bytes_per_second (only with pcie_throughput=True), processes,
 slow_age_seconds, ``unsupported`` and ``unavailable`` (NVML question -> reason). A field
-the GPU does not support is None and named in ``unsupported``: never 0.
+the GPU does not support is None and named in ``unsupported``: never 0. What a person must act
+on (lost GPU, XID, ECC, remapping, slowdowns, PCIe, MIG) is not decided here: the host
+features in ``dsmon.features.gpu_health`` feed the `subject: host` rules of
+``rules/dsmon/gpu-health.yaml``.
 
 ``TargetGpuUsage`` (``dsmon.gpu.processes``): pid, status (``"ok"``, ``"none"``,
 ``"unavailable (PID namespace)"``, ``"unavailable"``), reason, memory_bytes (None unless
@@ -72,16 +76,12 @@ elsewhere. Without NVML it returns the one-line reason and fix. Raises
 ``compare_with_nvidia_smi(topology, text) -> list[str]`` lists differences against real
 ``nvidia-smi topo -m`` output.
 
-Not wired yet (the lead's part): the CLI command, diagnose/snapshot/agent integration,
-Prometheus families, rules over GpuFinding. pyproject's ``packages`` list needs
-``dsmon.gpu``.
 """
 
 from dsmon.gpu.nvml import GpuUnavailable, Nvml, NvmlError, PynvmlBackend, default_nvml
 from dsmon.gpu.processes import TargetGpuUsage
 from dsmon.gpu.sample import (
                               GpuCollector,
-                              GpuFinding,
                               GpuProcess,
                               GpuSample,
                               GpuSnapshot,
@@ -92,12 +92,11 @@ from dsmon.gpu.topology import (
                               compare_with_nvidia_smi,
                               read_topology,
                               render,
-                              topo_command,
 )
+from dsmon.gpu.topo import topo_command
 
 __all__ = [
                               "GpuCollector",
-                              "GpuFinding",
                               "GpuProcess",
                               "GpuSample",
                               "GpuSnapshot",

@@ -1,4 +1,5 @@
-"""Per-GPU samples and the GPU collector (fast and slow schedule).
+"""Per-GPU samples and the GPU collector (fast and slow schedule; the NVML polling itself is
+`dsmon.gpu.poll.NvmlPoller`'s, the snapshot's assembly this module's).
 
 `GpuCollector.collect()` returns `(GpuSnapshot, unavailable)` for `dsmon.model.run_collector`,
 or raises `GpuUnavailable` (a SourceError) when NVML cannot be used: no driver -> NO_DATA,
@@ -31,7 +32,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from dsmon.gpu.nvml import CLOCK_EVENT_REASONS, GpuUnavailable, Nvml, NvmlError, as_nvml
+from dsmon.gpu.nvml import CLOCK_EVENT_REASONS, GpuUnavailable, Nvml, as_nvml
+from dsmon.gpu.poll import FAST_CALLS, SLOW_CALLS, GpuState, NvmlPoller
 from dsmon.gpu.processes import (
     CallerView,
     TargetFacts,
@@ -41,13 +43,6 @@ from dsmon.gpu.processes import (
 )
 from dsmon.paths import HostPaths
 from dsmon.sources import Gone, SourceError
-
-FAST_CALLS = ("memory", "utilization", "temperature", "power_usage", "clocks_event_reasons",
-              "clock_sm", "compute_processes")
-SLOW_CALLS = ("power_limit", "clock_mem", "pcie_gen_current", "pcie_gen_max",
-              "pcie_width_current", "pcie_width_max", "ecc_mode", "ecc_errors",
-              "remapped_rows", "mig_mode", "graphics_processes")
-IDENTITY_CALLS = ("name", "uuid", "pci_bus_id", "minor_number")
 
 # Clock event reasons that mean the GPU runs slower than asked (gpu_idle and the
 # applications-clocks setting are not slowdowns).
@@ -94,19 +89,6 @@ class XidEvent:
     xid: int
     wall_ts: float
     meaning: str
-
-
-@dataclass
-class GpuFinding:
-    """Something about the GPUs that a person must act on, with the fix."""
-
-    severity: str          # info | warning | critical
-    code: str              # gpu_lost, gpu_count_dropped, xid, ecc_uncorrectable, ...
-    summary: str
-    hint: str
-    gpu_index: int | None = None
-    gpu_uuid: str | None = None
-    evidence: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -173,7 +155,6 @@ class GpuSnapshot:
     missing: list[dict] = field(default_factory=list)   # GPUs seen before, gone now
     xid_events: list[XidEvent] = field(default_factory=list)  # this tick's
     recent_xids: list[XidEvent] = field(default_factory=list)
-    findings: list[GpuFinding] = field(default_factory=list)
     targets: dict[int, TargetGpuUsage] = field(default_factory=dict)
     schedule: dict = field(default_factory=dict)
     fast_seconds: float = 0.0                 # NVML time of this tick's fast part
@@ -185,34 +166,10 @@ class GpuSnapshot:
         return dataclasses.asdict(self)
 
 
-class _GpuState:
-    """What the collector remembers about one GPU between ticks."""
-
-    def __init__(self, index: int):
-        self.index = index
-        self.identity: dict = {}
-        self.values: dict[str, object] = {}
-        self.errors: dict[str, str] = {}
-        self.unsupported: dict[str, str] = {}
-        self.slow_at: float | None = None
-        self.lost = False
-        self.lost_reason = ""
-
-
-class _Lost(Exception):
-    pass
-
-
-def _error_reason(exc: NvmlError) -> str:
-    if exc.kind == "NotRecorded":
-        return "not in the NVML recording"
-    if exc.kind == "NoPermission":
-        return "NVML: permission denied (needs root or access to the GPU)"
-    return f"NVML error: {exc.kind}"
-
-
 class GpuCollector:
-    """Samples every GPU NVML sees; see the module docstring for the schedules."""
+    """Samples every GPU NVML sees (see the module docstring for the schedules): the polling
+    is `dsmon.gpu.poll.NvmlPoller`'s; this class adds the targets' procfs facts and assembles
+    each tick's `GpuSnapshot`."""
 
     name = "gpu"
 
@@ -223,30 +180,23 @@ class GpuCollector:
                  clock=time.monotonic, wall=time.time, xid_window_s: float = 600.0):
         self.paths = paths or HostPaths()
         self.nvml: Nvml = as_nvml(nvml)
+        self.poller = NvmlPoller(self.nvml, self.paths, slow_interval_s, fast_budget_us,
+                                 pcie_throughput, topology, clock)
         self.targets = list(targets)
-        self.slow_interval_s = slow_interval_s
-        self.fast_budget_us = fast_budget_us
         self.slow_inline = slow_inline
-        self.pcie_throughput = pcie_throughput
         self.include_children = include_children
-        self.read_topology = topology
         self.clock = clock
         self.wall = wall
         self.xid_window_s = xid_window_s
         self.lock = threading.RLock()
-        self._states: list[_GpuState] = []
-        self._count: int | None = None
-        self._max_count = 0
-        self._seen: dict[str, dict] = {}      # uuid -> identity, every GPU ever seen
-        self._system: dict = {}
-        self._slow_due = 0.0
-        self._demoted: dict[str, float] = {}
         self._facts: dict[int, TargetFacts] = {}
         self._caller: CallerView | None = None
-        self._xid_status = ""
         self._recent_xids: list[XidEvent] = []
-        self.topology = None                  # dsmon.gpu.topology.GpuTopology, read once
-        self._generation = 0
+
+    @property
+    def topology(self):
+        """dsmon.gpu.topology.GpuTopology, read once per enumeration (None until then)."""
+        return self.poller.topology
 
     # -- public ------------------------------------------------------------------------------
 
@@ -261,16 +211,10 @@ class GpuCollector:
         self.nvml.ensure()
         with self.lock:
             started = time.perf_counter()
-            count = self._device_count()
-            if count != self._count:
-                self._enumerate(count)
-            for state in self._states:
-                if not state.lost:
-                    self._fast(state)
-            xids = self._poll_xids()
+            xids = self._xid_events(self.poller.poll_fast())
             fast_seconds = time.perf_counter() - started
             slow_seconds = 0.0
-            if self.slow_inline and self.clock() >= self._slow_due:
+            if self.slow_inline and self.poller.slow_due:
                 slow_seconds = self._slow()
             elif any(pid not in self._facts for pid in self.targets):
                 self._refresh_facts()         # a new target: procfs only, no NVML
@@ -281,147 +225,17 @@ class GpuCollector:
         seconds it took."""
         self.nvml.ensure()
         with self.lock:
-            if self._count is None:
-                self._enumerate(self._device_count())
+            self.poller.ensure_enumerated()
             return self._slow()
 
     def close(self) -> None:
         pass
 
-    # -- enumeration -------------------------------------------------------------------------
-
-    def _device_count(self) -> int:
-        return int(self.nvml.call("device_count"))
-
-    def _enumerate(self, count: int) -> None:
-        """(Re)read identity and system facts; GPUs may have come or gone."""
-        self._generation += 1
-        previous = {s.identity.get("uuid"): s for s in self._states if s.identity.get("uuid")}
-        by_index = {s.index: s for s in self._states}
-        if not self._system:
-            for name in ("driver_version", "nvml_version", "cuda_driver_version"):
-                try:
-                    self._system[name] = self.nvml.call(name)
-                except NvmlError:
-                    self._system[name] = None
-        states = []
-        for index in range(count):
-            state = _GpuState(index)
-            try:
-                for name in IDENTITY_CALLS:
-                    try:
-                        state.identity[name] = self.nvml.call(name, index)
-                    except NvmlError as exc:
-                        if exc.kind == "GpuIsLost":
-                            raise _Lost() from None
-                        state.identity[name] = None
-                        if exc.kind in ("NotSupported", "FunctionNotFound"):
-                            state.unsupported[name] = "not supported by this GPU or driver"
-                        else:
-                            state.errors[name] = _error_reason(exc)
-            except _Lost:
-                old = by_index.get(index)
-                if old is not None and old.identity:
-                    state.identity = dict(old.identity)
-                state.lost = True
-                state.lost_reason = "NVML: GPU is lost"
-            uuid = state.identity.get("uuid")
-            if uuid and uuid in previous and not state.lost:
-                old = previous[uuid]          # keep what we knew (unsupported, slow values)
-                old.index = index
-                old.lost, old.lost_reason = False, ""
-                old.identity = state.identity
-                old.errors.update(state.errors)
-                state = old
-            if uuid:
-                self._seen[uuid] = dict(state.identity, last_index=index)
-            states.append(state)
-        self._states = states
-        self._count = count
-        self._max_count = max(self._max_count, count)
-        self._slow_due = 0.0                  # slow facts of new GPUs now
-        if self.read_topology:
-            self.topology = None
-        self._xid_register()
-
-    # -- fast --------------------------------------------------------------------------------
-
-    def _ask(self, state: _GpuState, name: str, *args):
-        """One question about one GPU; None when unsupported or failed (reason kept)."""
-        if name in state.unsupported:
-            return None
-        try:
-            value = self.nvml.call(name, state.index, *args)
-        except NvmlError as exc:
-            if exc.kind == "GpuIsLost":
-                raise _Lost() from None
-            if exc.kind in ("NotSupported", "FunctionNotFound"):
-                state.unsupported[name] = "not supported by this GPU or driver"
-            else:
-                state.errors[name] = _error_reason(exc)
-            state.values.pop(name, None)
-            return None
-        state.errors.pop(name, None)
-        state.values[name] = value
-        return value
-
-    def _fast(self, state: _GpuState) -> None:
-        try:
-            for name in FAST_CALLS:
-                if name in self._demoted:
-                    continue
-                self._ask(state, name)
-                self._maybe_demote(name)
-        except _Lost:
-            self._mark_lost(state)
-
-    def _maybe_demote(self, name: str) -> None:
-        history = self.nvml.latency_us.get(name)
-        if history is None or len(history) < 5:
-            return
-        median = self.nvml.median_us(name)
-        if median is not None and median > self.fast_budget_us:
-            self._demoted[name] = median
-
-    def _mark_lost(self, state: _GpuState) -> None:
-        state.lost = True
-        state.lost_reason = "NVML: GPU is lost"
-        state.values.clear()
-
-    # -- slow --------------------------------------------------------------------------------
-
     def _slow(self) -> float:
         started = time.perf_counter()
-        now = self.clock()
-        self._slow_due = now + self.slow_interval_s
-        names = list(SLOW_CALLS) + list(self._demoted)
-        if self.pcie_throughput:
-            names.append("pcie_throughput")
-        for state in self._states:
-            if state.lost:
-                self._probe_lost(state)
-                continue
-            try:
-                for name in names:
-                    self._ask(state, name)
-            except _Lost:
-                self._mark_lost(state)
-                continue
-            state.slow_at = now
-        if self.read_topology and self.topology is None:
-            from dsmon.gpu.topology import read_topology
-            self.topology = read_topology(self.nvml, self.paths, count=self._count)
+        self.poller.poll_slow()
         self._refresh_facts()
         return time.perf_counter() - started
-
-    def _probe_lost(self, state: _GpuState) -> None:
-        """A lost GPU is asked one cheap question per slow tick, in case it came back."""
-        try:
-            self.nvml.call("memory", state.index)
-        except NvmlError:
-            return
-        state.lost = False
-        state.lost_reason = ""
 
     def _refresh_facts(self) -> None:
         if not self.targets:
@@ -438,145 +252,45 @@ class GpuCollector:
                 self._facts[pid] = TargetFacts(pid, [pid], {},
                                                unavailable={"target": exc.describe()})
 
-    # -- XID events --------------------------------------------------------------------------
-
-    def _xid_register(self) -> None:
-        registered, reasons = [], set()
-        for state in self._states:
-            if state.lost:
-                continue
-            try:
-                self.nvml.call("xid_register", state.index)
-                registered.append(state.index)
-            except NvmlError as exc:
-                reasons.add("not supported" if exc.kind == "NotSupported"
-                            else _error_reason(exc))
-        if registered:
-            self._xid_status = f"watching GPUs {', '.join(map(str, registered))}"
-            if reasons:
-                self._xid_status += f" (others: {'; '.join(sorted(reasons))})"
-        else:
-            self._xid_status = ("unavailable: " + "; ".join(sorted(reasons))) if reasons \
-                else "no GPUs"
-
-    def _poll_xids(self) -> list[XidEvent]:
-        if not self._xid_status.startswith("watching"):
-            return []
-        try:
-            raw = self.nvml.call("xid_poll")
-        except NvmlError as exc:
-            self._xid_status = f"watching, last poll failed: {_error_reason(exc)}"
-            return []
-        events = []
+    def _xid_events(self, raw: list[dict]) -> list[XidEvent]:
+        """NVML's XID events, named, and the recent ones kept for `xid_window_s`."""
         now = self.wall()
-        uuids = {s.index: s.identity.get("uuid") for s in self._states}
+        uuids = {s.index: s.identity.get("uuid") for s in self.poller.states}
+        events = []
         for item in raw:
             index = item.get("index")
             xid = int(item.get("xid", 0))
             events.append(XidEvent(index, uuids.get(index), xid, now,
                                    XID_MEANING.get(xid, "see NVIDIA's Xid catalogue")))
-        self._recent_xids = [e for e in self._recent_xids + events
-                             if now - e.wall_ts <= self.xid_window_s][-100:]
+        if events or self._recent_xids:
+            self._recent_xids = [e for e in self._recent_xids + events
+                                 if now - e.wall_ts <= self.xid_window_s][-100:]
         return events
 
     # -- the snapshot ------------------------------------------------------------------------
 
-    def _sample(self, state: _GpuState) -> GpuSample:
-        ident = state.identity
-        sample = GpuSample(state.index, ident.get("uuid"), ident.get("name"),
-                           ident.get("pci_bus_id"), ident.get("minor_number"), state.lost)
-        sample.unsupported = dict(state.unsupported)
-        sample.unavailable = dict(state.errors)
-        if state.lost:
-            sample.unavailable["gpu"] = state.lost_reason
-            return sample
-        v = state.values
-        mem = v.get("memory")
-        if mem:
-            sample.memory_total_bytes = mem.get("total")
-            sample.memory_reserved_bytes = mem.get("reserved")
-            sample.memory_used_bytes = mem.get("used")
-            sample.memory_free_bytes = mem.get("free")
-            sample.memory_struct = mem.get("version")
-        util = v.get("utilization")
-        if util:
-            sample.utilization_gpu_ratio = util["gpu"] / 100.0
-            sample.utilization_memory_ratio = util["memory"] / 100.0
-        if v.get("temperature") is not None:
-            sample.temperature_celsius = float(v["temperature"])
-        if v.get("power_usage") is not None:
-            sample.power_watts = v["power_usage"] / 1000.0
-        if v.get("power_limit") is not None:
-            sample.power_limit_watts = v["power_limit"] / 1000.0
-        if v.get("clock_sm") is not None:
-            sample.sm_clock_hz = v["clock_sm"] * 1e6
-        if v.get("clock_mem") is not None:
-            sample.memory_clock_hz = v["clock_mem"] * 1e6
-        mask = v.get("clocks_event_reasons")
-        if mask is not None:
-            sample.clock_event_mask = int(mask)
-            sample.clock_event_reasons = [n for bit, n in sorted(CLOCK_EVENT_REASONS.items())
-                                          if mask & bit]
-        for name in ("pcie_gen_current", "pcie_gen_max", "pcie_width_current",
-                     "pcie_width_max"):
-            if v.get(name) is not None:
-                setattr(sample, name, int(v[name]))
-        ecc = v.get("ecc_mode")
-        if ecc:
-            sample.ecc_enabled, sample.ecc_pending = bool(ecc["current"]), bool(ecc["pending"])
-        errors = v.get("ecc_errors")
-        if errors:
-            for key in ("volatile_corrected", "volatile_uncorrected", "aggregate_corrected",
-                        "aggregate_uncorrected"):
-                setattr(sample, f"ecc_{key}", errors.get(key))
-        rows = v.get("remapped_rows")
-        if rows:
-            sample.remapped_rows_correctable = rows["correctable"]
-            sample.remapped_rows_uncorrectable = rows["uncorrectable"]
-            sample.remap_pending = bool(rows["pending"])
-            sample.remap_failure = bool(rows["failure"])
-        mig = v.get("mig_mode")
-        if mig:
-            sample.mig_enabled, sample.mig_pending = bool(mig["current"]), bool(mig["pending"])
-        pcie = v.get("pcie_throughput")
-        if pcie:
-            sample.pcie_tx_bytes_per_second = pcie["tx_kib_per_s"] * 1024.0
-            sample.pcie_rx_bytes_per_second = pcie["rx_kib_per_s"] * 1024.0
-        for name, kind in (("compute_processes", "compute"), ("graphics_processes", "graphics")):
-            for proc in v.get(name) or ():
-                sample.processes.append(GpuProcess(state.index, sample.uuid, int(proc["pid"]),
-                                                   proc.get("used_bytes"), kind))
-        if state.slow_at is not None:
-            sample.slow_age_seconds = max(0.0, self.clock() - state.slow_at)
-        return sample
-
     def _snapshot(self, xids, fast_seconds: float, slow_seconds: float):
-        gpus = [self._sample(s) for s in self._states]
+        poller = self.poller
+        now = self.clock()
+        gpus = [assemble_sample(s, now) for s in poller.states]
         processes = [p for g in gpus for p in g.processes]
         current = {g.uuid for g in gpus if g.uuid}
         missing = []
-        if self._count is not None and self._count < self._max_count:
-            missing = [dict(ident) for uuid, ident in self._seen.items() if uuid not in current]
+        if poller.count is not None and poller.count < poller.max_count:
+            missing = [dict(ident) for uuid, ident in poller.seen.items() if uuid not in current]
         snapshot = GpuSnapshot(
-            driver_version=self._system.get("driver_version"),
-            nvml_version=self._system.get("nvml_version"),
-            cuda_driver_version=self._system.get("cuda_driver_version"),
-            device_count=self._count or 0, max_device_count=self._max_count, gpus=gpus,
+            driver_version=poller.system.get("driver_version"),
+            nvml_version=poller.system.get("nvml_version"),
+            cuda_driver_version=poller.system.get("cuda_driver_version"),
+            device_count=poller.count or 0, max_device_count=poller.max_count, gpus=gpus,
             processes=processes, missing=missing, xid_events=xids,
             recent_xids=list(self._recent_xids),
             fast_seconds=fast_seconds, slow_seconds=slow_seconds,
-            fast_seconds_per_gpu=(fast_seconds / self._count) if self._count else None,
-            xid_status=self._xid_status)
-        snapshot.schedule = {
-            "fast": [n for n in FAST_CALLS if n not in self._demoted],
-            "slow": list(SLOW_CALLS) + list(self._demoted)
-            + (["pcie_throughput"] if self.pcie_throughput else []),
-            "demoted": {n: f"median {us:.0f} us per call > {self.fast_budget_us:.0f} us budget"
-                        for n, us in self._demoted.items()},
-            "slow_interval_seconds": self.slow_interval_s,
-        }
+            fast_seconds_per_gpu=(fast_seconds / poller.count) if poller.count else None,
+            xid_status=poller.xid_status)
+        snapshot.schedule = poller.schedule()
         lists_ok, lists_error = True, ""
-        for state in self._states:
+        for state in poller.states:
             if "compute_processes" in state.errors and not state.lost:
                 lists_ok, lists_error = False, state.errors["compute_processes"]
         for pid in self.targets:
@@ -584,7 +298,6 @@ class GpuCollector:
             if facts is None:
                 continue
             snapshot.targets[pid] = attribute(gpus, processes, facts, lists_ok, lists_error)
-        snapshot.findings = findings(snapshot)
         unavailable = {}
         for gpu in gpus:
             if gpu.lost:
@@ -598,78 +311,75 @@ class GpuCollector:
         return snapshot, unavailable
 
 
-def findings(snapshot: GpuSnapshot) -> list[GpuFinding]:
-    """Findings from one snapshot, most severe first."""
-    out: list[GpuFinding] = []
-    if snapshot.missing:
-        names = "; ".join(f"{m.get('uuid')} (bus {m.get('pci_bus_id')}, was GPU "
-                          f"{m.get('last_index')})" for m in snapshot.missing)
-        out.append(GpuFinding(
-            "critical", "gpu_count_dropped",
-            f"NVML sees {snapshot.device_count} GPU(s), {snapshot.max_device_count} were seen "
-            f"earlier; missing: {names}",
-            "a GPU fell off the bus or was unbound from the driver: look for Xid 79 and NVRM "
-            "lines in `dmesg`, drain the node and reboot (or reset the GPU) to recover",
-            evidence={"device_count": snapshot.device_count,
-                      "max_device_count": snapshot.max_device_count}))
-    for gpu in snapshot.gpus:
-        if gpu.lost:
-            out.append(GpuFinding(
-                "critical", "gpu_lost",
-                f"{gpu.label} is lost: NVML answers GpuIsLost (the GPU fell off the bus or "
-                f"hung); its processes cannot make progress",
-                "check `dmesg | grep -i xid` (Xid 79: fallen off the bus); drain the node, "
-                f"then reset the GPU (nvidia-smi -r -i {gpu.index}) or reboot",
-                gpu.index, gpu.uuid))
-            continue
-        if gpu.ecc_volatile_uncorrected:
-            out.append(GpuFinding(
-                "critical", "ecc_uncorrectable",
-                f"{gpu.label}: {gpu.ecc_volatile_uncorrected} uncorrectable ECC error(s) since "
-                f"the driver loaded", "drain the GPU and reset it; if errors recur, replace it",
-                gpu.index, gpu.uuid, {"ecc_volatile_uncorrected": gpu.ecc_volatile_uncorrected}))
-        if gpu.remap_failure:
-            out.append(GpuFinding(
-                "critical", "row_remap_failure", f"{gpu.label}: row remapping failed",
-                "the GPU has run out of spare rows: replace it", gpu.index, gpu.uuid))
-        elif gpu.remap_pending:
-            out.append(GpuFinding(
-                "warning", "row_remap_pending",
-                f"{gpu.label}: a memory row remap is pending", f"reset the GPU to apply it "
-                f"(nvidia-smi -r -i {gpu.index}) when it is idle", gpu.index, gpu.uuid))
-        slow = [r for r in (gpu.clock_event_reasons or []) if r in SLOWDOWN_REASONS]
-        if slow:
-            severity = "info" if slow == ["sw_power_cap"] else "warning"
-            out.append(GpuFinding(
-                severity, "clocks_slowed",
-                f"{gpu.label}: clocks slowed by {', '.join(slow)}",
-                "check cooling and power (nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER)",
-                gpu.index, gpu.uuid, {"clock_event_reasons": slow}))
-        if gpu.pcie_width_current and gpu.pcie_width_max and \
-                gpu.pcie_width_current < gpu.pcie_width_max:
-            out.append(GpuFinding(
-                "warning", "pcie_link_degraded",
-                f"{gpu.label}: PCIe link runs at x{gpu.pcie_width_current} of "
-                f"x{gpu.pcie_width_max}",
-                "reseat the GPU or check the riser and slot; the host-device bandwidth is "
-                "reduced accordingly", gpu.index, gpu.uuid,
-                {"width_current": gpu.pcie_width_current, "width_max": gpu.pcie_width_max}))
-        if gpu.mig_enabled is not None and gpu.mig_pending is not None and \
-                gpu.mig_enabled != gpu.mig_pending:
-            out.append(GpuFinding(
-                "info", "mig_change_pending",
-                f"{gpu.label}: MIG mode change to {'on' if gpu.mig_pending else 'off'} is "
-                "pending", "reset the GPU to apply it", gpu.index, gpu.uuid))
-    for event in snapshot.xid_events:
-        severity = "critical" if event.xid in XID_CRITICAL else "warning"
-        out.append(GpuFinding(
-            severity, "xid",
-            f"GPU {event.gpu_index}: Xid {event.xid} ({event.meaning})",
-            "see `dmesg | grep -i xid` for the details and NVIDIA's Xid catalogue for the "
-            "action", event.gpu_index, event.gpu_uuid, {"xid": event.xid}))
-    rank = {"critical": 0, "warning": 1, "info": 2}
-    out.sort(key=lambda f: rank.get(f.severity, 3))
-    return out
+def assemble_sample(state: GpuState, now: float) -> GpuSample:
+    """One GPU's sample in dsmon's base units from the poller's NVML answers."""
+    ident = state.identity
+    sample = GpuSample(state.index, ident.get("uuid"), ident.get("name"),
+                       ident.get("pci_bus_id"), ident.get("minor_number"), state.lost)
+    sample.unsupported = dict(state.unsupported)
+    sample.unavailable = dict(state.errors)
+    if state.lost:
+        sample.unavailable["gpu"] = state.lost_reason
+        return sample
+    v = state.values
+    mem = v.get("memory")
+    if mem:
+        sample.memory_total_bytes = mem.get("total")
+        sample.memory_reserved_bytes = mem.get("reserved")
+        sample.memory_used_bytes = mem.get("used")
+        sample.memory_free_bytes = mem.get("free")
+        sample.memory_struct = mem.get("version")
+    util = v.get("utilization")
+    if util:
+        sample.utilization_gpu_ratio = util["gpu"] / 100.0
+        sample.utilization_memory_ratio = util["memory"] / 100.0
+    if v.get("temperature") is not None:
+        sample.temperature_celsius = float(v["temperature"])
+    if v.get("power_usage") is not None:
+        sample.power_watts = v["power_usage"] / 1000.0
+    if v.get("power_limit") is not None:
+        sample.power_limit_watts = v["power_limit"] / 1000.0
+    if v.get("clock_sm") is not None:
+        sample.sm_clock_hz = v["clock_sm"] * 1e6
+    if v.get("clock_mem") is not None:
+        sample.memory_clock_hz = v["clock_mem"] * 1e6
+    mask = v.get("clocks_event_reasons")
+    if mask is not None:
+        sample.clock_event_mask = int(mask)
+        sample.clock_event_reasons = [n for bit, n in sorted(CLOCK_EVENT_REASONS.items())
+                                      if mask & bit]
+    for name in ("pcie_gen_current", "pcie_gen_max", "pcie_width_current",
+                 "pcie_width_max"):
+        if v.get(name) is not None:
+            setattr(sample, name, int(v[name]))
+    ecc = v.get("ecc_mode")
+    if ecc:
+        sample.ecc_enabled, sample.ecc_pending = bool(ecc["current"]), bool(ecc["pending"])
+    errors = v.get("ecc_errors")
+    if errors:
+        for key in ("volatile_corrected", "volatile_uncorrected", "aggregate_corrected",
+                    "aggregate_uncorrected"):
+            setattr(sample, f"ecc_{key}", errors.get(key))
+    rows = v.get("remapped_rows")
+    if rows:
+        sample.remapped_rows_correctable = rows["correctable"]
+        sample.remapped_rows_uncorrectable = rows["uncorrectable"]
+        sample.remap_pending = bool(rows["pending"])
+        sample.remap_failure = bool(rows["failure"])
+    mig = v.get("mig_mode")
+    if mig:
+        sample.mig_enabled, sample.mig_pending = bool(mig["current"]), bool(mig["pending"])
+    pcie = v.get("pcie_throughput")
+    if pcie:
+        sample.pcie_tx_bytes_per_second = pcie["tx_kib_per_s"] * 1024.0
+        sample.pcie_rx_bytes_per_second = pcie["rx_kib_per_s"] * 1024.0
+    for name, kind in (("compute_processes", "compute"), ("graphics_processes", "graphics")):
+        for proc in v.get(name) or ():
+            sample.processes.append(GpuProcess(state.index, sample.uuid, int(proc["pid"]),
+                                               proc.get("used_bytes"), kind))
+    if state.slow_at is not None:
+        sample.slow_age_seconds = max(0.0, now - state.slow_at)
+    return sample
 
 
 def collect_once(paths: HostPaths | None = None, nvml=None, targets=()) -> GpuSnapshot:
@@ -683,12 +393,10 @@ __all__ = [
     "FAST_CALLS",
     "SLOW_CALLS",
     "GpuCollector",
-    "GpuFinding",
     "GpuProcess",
     "GpuSample",
     "GpuSnapshot",
     "GpuUnavailable",
     "XidEvent",
     "collect_once",
-    "findings",
 ]

@@ -168,12 +168,6 @@ def _findings(report: dict) -> str:
             f'<b>{_e(finding.get("rule_id"))}</b>: {_e(finding.get("summary"))}'
             f'<ul class="evidence">{evidence}</ul>{_finding_stacks(finding)}'
             f'<div class="fix"><b>Fix:</b> {_e(finding.get("hint"))}</div></div>')
-    gpu_findings = (report.get("gpu") or {}).get("findings") or []
-    for finding in gpu_findings:
-        out.append(f'<div class="finding {_e(finding.get("severity"))}">'
-                   f'<span class="badge">{_e(finding.get("severity"))} · GPU</span> '
-                   f'<b>{_e(finding.get("code"))}</b>: {_e(finding.get("summary"))}'
-                   f'<div class="fix"><b>Fix:</b> {_e(finding.get("hint"))}</div></div>')
     observations = report.get("observations") or []
     if observations:
         out.append("<ul>" + "".join(f"<li>[{_e(o.get('severity'))}] {_e(o.get('topic'))}: "

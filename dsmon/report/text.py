@@ -213,9 +213,6 @@ def render_text(report: dict) -> str:
                 out(line)
             if (gpu.get("model_size") or {}).get("text"):
                 out(f"  model size: {gpu['model_size']['text']}")
-            for finding in gpu.get("findings", []):
-                out(f"  [{finding['severity']}] {finding['code']}: {finding['summary']}")
-                out(f"      fix: {finding['hint']}")
         out("")
 
     out("== Collectors")

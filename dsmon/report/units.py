@@ -1,17 +1,12 @@
-"""How the reports write numbers for people: one place, so text and HTML say the same."""
+"""How the reports write numbers for people: "n/a" for absent values, else dsmon.units."""
 
 from __future__ import annotations
 
-from dsmon.engine.format import format_seconds
+from dsmon.units import format_bytes, format_seconds
 
 
 def bytes_text(value) -> str:
-    if value is None:
-        return "n/a"
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(value) >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{value:.0f} B"
+    return "n/a" if value is None else format_bytes(value, digits=2)
 
 
 def percent(value) -> str:

@@ -24,6 +24,8 @@ class Family:
     help: str
     labels: tuple[str, ...]
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    # Label values of series that stand at 0 until a value arrives, with their position.
+    zeros: dict[tuple[str, ...], int] = field(default_factory=dict)
 
     def build(self):
         cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
@@ -43,24 +45,35 @@ class MetricsBuilder:
         self.dropped = 0
 
     def add(self, name: str, kind: str, help_text: str, labels: dict[str, str],
-            value: float | None) -> None:
+            value: float | None, initial: bool = False) -> None:
+        """One series. `initial`: a starting value (0) that a later add of the same labels
+        replaces, so a series exists before its first event (increase() and rate() then
+        see the first increment, and absent() does not mean "nothing fired")."""
         if value is None:
             return  # unknown is absent, never 0
         family = self.families.get(name)
         if family is None:
             family = self.families[name] = Family(name, kind, help_text, tuple(labels))
+        key = tuple(str(labels[k]) for k in family.labels)
+        if family.zeros and key in family.zeros:
+            family.samples[family.zeros.pop(key)] = (key, float(value))
+            return
         if self.series >= self.max_series:
             self.dropped += 1
             return
-        family.samples.append((tuple(str(labels[k]) for k in family.labels), float(value)))
+        if initial:
+            family.zeros[key] = len(family.samples)
+        family.samples.append((key, float(value)))
         self.series += 1
 
     # Positional-only, so that "name" can be a label (dsmon_gpu_info{name=...}).
-    def gauge(self, name: str, help_text: str, value, /, **labels) -> None:
-        self.add(name, "gauge", help_text, labels, value)
+    def gauge(self, name: str, help_text: str, value, /, initial: bool = False,
+              **labels) -> None:
+        self.add(name, "gauge", help_text, labels, value, initial)
 
-    def counter(self, name: str, help_text: str, value, /, **labels) -> None:
-        self.add(name, "counter", help_text, labels, value)
+    def counter(self, name: str, help_text: str, value, /, initial: bool = False,
+                **labels) -> None:
+        self.add(name, "counter", help_text, labels, value, initial)
 
     def build(self) -> list:
         return [family.build() for family in self.families.values() if family.samples]

@@ -4,7 +4,7 @@ rule that asks for `capture: stack`, so a rule file needs no code to cite stacks
 
 from __future__ import annotations
 
-from dsmon.engine.features import FS_WAIT_CHANNELS
+from dsmon.features import FS_WAIT_CHANNELS
 
 CITED_THREADS = 4
 

@@ -94,7 +94,8 @@ class PrometheusStack:
 
     def __init__(self, directory: Path, agents: int, alertmanager: bool = True,
                  rules_file: Path | None = RULES_FILE, scrape_interval: str = "1s",
-                 evaluation_interval: str = "1s"):
+                 evaluation_interval: str = "1s", extra_config: str = "",
+                 extra_flags: tuple[str, ...] = ()):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.agent_ports = [free_port() for _ in range(agents)]
@@ -103,6 +104,8 @@ class PrometheusStack:
         self.rules_file = rules_file
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
+        self.extra_config = extra_config      # top-level YAML appended (remote_write, ...)
+        self.extra_flags = extra_flags        # Prometheus flags (a remote-write receiver, ...)
         self.agents: dict[int, subprocess.Popen] = {}
         self.prometheus: subprocess.Popen | None = None
         self.alertmanager: subprocess.Popen | None = None
@@ -179,7 +182,7 @@ class PrometheusStack:
                       f"    - static_configs: [{{targets: ['127.0.0.1:{self.alertmanager_port}']}}]"]
         lines += ["scrape_configs:", f"  - job_name: {JOB}",
                   f"    static_configs: [{{targets: [{targets}]}}]"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra_config
 
     def _start_prometheus(self) -> None:
         config = self.directory / "prometheus.yml"
@@ -187,7 +190,7 @@ class PrometheusStack:
         self.prometheus = self._popen("prometheus", [
             prometheus_binary(), f"--config.file={config}",
             f"--storage.tsdb.path={self.directory / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{self.prometheus_port}"])
+            f"--web.listen-address=127.0.0.1:{self.prometheus_port}", *self.extra_flags])
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         urls = [(self.prometheus, self.prometheus_url + "/-/ready", "prometheus")]

@@ -1,60 +1,31 @@
-"""Derived signals over a window of ticks: the numbers a diagnose report is made of.
+"""The report's sections over a window of ticks: host, target, threads, timeline.
 
-Rates come from two samples of a counter: when the counter went backwards or a sample is
-missing, the rate is None, never negative and never zero.
+The numbers are derived by the features layer (dsmon.features: rates, fits, per-thread CPU,
+usable CPUs); this module arranges them over the whole window for the JSON, text and HTML
+reports. A missing sample or a counter that went backwards gives None, never zero.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 
 from dsmon.collectors.cpu import MODES
 from dsmon.collectors.threads import ThreadSample
 from dsmon.collectors.topology import Topology
+from dsmon.features.placement import (configured_threads, effective_cpus, overlap_ratio,
+                                      recommended_threads, usable_physical_cores)
+from dsmon.features.series import fit_line, rate, stddev
+from dsmon.features.threads import BUSY_CORES, pool_of, thread_cpu_seconds, thread_key
 from dsmon.sampler import StaticFacts, Tick
 
-# A thread is busy when it used at least this share of one CPU over the time it was seen.
-BUSY_THREAD_CPU_RATIO = 0.10
-# The seed's rule of thumb: compute threads at 80-90% of the physical cores available.
-THREADS_PER_PHYSICAL_CORE = 0.85
-THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                          "TORCH_NUM_THREADS", "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
 TOP_THREADS = 10
-
-_DIGITS = re.compile(r"\d+")
-
-
-def pool_of(name: str) -> str:
-    """Threads are grouped into pools by masking digits: "omp_worker_12" -> "omp_worker_#"."""
-    return _DIGITS.sub("#", name)
-
-
-def rate(first: float | None, last: float | None, seconds: float) -> float | None:
-    if first is None or last is None or seconds <= 0 or last < first:
-        return None
-    return (last - first) / seconds
-
-
-def linear_slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (t, value) points; None with fewer than 3 points."""
-    if len(points) < 3:
-        return None
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_v = sum(v for _, v in points) / n
-    var_t = sum((t - mean_t) ** 2 for t, _ in points)
-    if var_t == 0:
-        return None
-    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var_t
-
-
-def stddev(values: list[float]) -> float | None:
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+# Feature series copied into the report's per-interval timeline (for charts).
+TIMELINE_FEATURES = ("cpu_cores", "cpu_utilisation_ratio", "runnable_waiting_ratio",
+                     "run_queue_wait_seconds_per_second", "busy_threads", "running_threads",
+                     "d_state_threads", "rss_bytes", "working_set_bytes", "memory_headroom_bytes",
+                     "read_bytes_per_second", "write_bytes_per_second", "rchar_per_second",
+                     "cpu_throttled_ratio", "involuntary_switches_per_second",
+                     "psi_cpu_some_ratio", "psi_memory_some_ratio", "psi_io_some_ratio")
 
 
 @dataclass
@@ -78,7 +49,7 @@ class ThreadHistory:
         return self.last_ts - self.first_ts
 
     def cpu_seconds(self, hz: int) -> float:
-        return max(0, (self.last.utime + self.last.stime - self.first.utime - self.first.stime)) / hz
+        return thread_cpu_seconds(self.first, self.last, hz)
 
     def cpu_ratio(self, hz: int) -> float | None:
         return self.cpu_seconds(hz) / self.seen_s if self.seen_s > 0 else None
@@ -97,13 +68,13 @@ def track_threads(ticks: list[Tick], topology: Topology | None, hz: int) -> dict
         if sweep is None:
             continue
         for sample in sweep.threads:
-            key = (sample.tid, sample.start_ticks)
+            key = thread_key(sample)
             history = histories.get(key)
             if history is None:
                 history = histories[key] = ThreadHistory(sample.tid, sample.name, sample,
                                                          tick.mono_ts, sample, tick.mono_ts)
             else:
-                used = (sample.utime + sample.stime - history.last.utime - history.last.stime) / hz
+                used = thread_cpu_seconds(history.last, sample, hz)
                 node = topology.node_of(sample.processor) if topology else None
                 if used > 0:
                     history.cpu_by_node[node if node is not None else -1] = \
@@ -135,7 +106,7 @@ def _thread_row(history: ThreadHistory, hz: int) -> dict:
         "pool": pool_of(history.name),
         "state": history.last.state,
         "cpu_ratio": _round(cpu_ratio),
-        "busy": cpu_ratio is not None and cpu_ratio >= BUSY_THREAD_CPU_RATIO,
+        "busy": cpu_ratio is not None and cpu_ratio >= BUSY_CORES,
         "cpu_seconds": round(history.cpu_seconds(hz), 3),
         "run_queue_wait_seconds": _round(wait_seconds),
         "run_queue_wait_ratio": _round(wait_ratio),
@@ -220,7 +191,7 @@ def analyse_threads(ticks: list[Tick], topology: Topology | None, hz: int,
         "truncated": any(s.truncated for s in sweeps),
         "notes": sorted({note for s in sweeps for note in s.notes}),
         "busy": sum(1 for r in rows if r["busy"]),
-        "busy_threshold_cpu_ratio": BUSY_THREAD_CPU_RATIO,
+        "busy_threshold_cpu_ratio": BUSY_CORES,
         "state_share": {state: round(count / total_thread_samples, 4)
                         for state, count in sorted(state_counts.items())}
         if total_thread_samples else {},
@@ -263,50 +234,6 @@ def per_core_utilisation(first, last) -> list[dict]:
     return cores
 
 
-def effective_cpus(topology: Topology | None, affinity: list[int] | None,
-                   cpuset: list[int] | None, quota_cores: float | None) -> dict:
-    online = set(topology.online) if topology else set()
-    allowed = set(affinity) if affinity else set(online)
-    if online:
-        allowed &= online
-    if cpuset:
-        allowed &= set(cpuset)
-    cpus = sorted(allowed)
-    physical = topology.physical_cores(cpus) if topology else None
-    capacity = float(len(cpus))
-    if quota_cores is not None:
-        capacity = min(capacity, quota_cores)
-    nodes = sorted({topology.node_of(c) for c in cpus if topology.node_of(c) is not None}) \
-        if topology else []
-    return {"cpus": cpus, "count": len(cpus), "physical_cores": physical,
-            "quota_cores": quota_cores, "capacity_cores": round(capacity, 3), "numa_nodes": nodes}
-
-
-def usable_physical_cores(physical_cores: int | None, capacity_cores: float,
-                          logical_cpus: int) -> int:
-    """Physical cores the process can keep busy: its cores, capped by a CPU quota."""
-    return max(1, min(physical_cores or logical_cpus or 1, math.floor(capacity_cores) or 1))
-
-
-def recommended_threads(usable: int) -> int:
-    """The seed's rule: compute threads at 80-90% of the physical cores (85%, at least 1)."""
-    return max(1, math.floor(usable * THREADS_PER_PHYSICAL_CORE))
-
-
-def configured_threads(environment: dict[str, str] | None) -> tuple[dict[str, int], list[str]]:
-    """Thread counts set by OMP/MKL/... variables, and complaints about unusable values."""
-    configured: dict[str, int] = {}
-    problems: list[str] = []
-    for name in THREAD_COUNT_VARIABLES:
-        raw = (environment or {}).get(name)
-        if raw is not None:
-            try:
-                configured[name] = int(raw.split(",")[0])
-            except ValueError:
-                problems.append(f"{name}={raw!r} is not a number; the runtime will ignore it")
-    return configured, problems
-
-
 def thread_settings(environment: dict[str, str] | None, physical_cores: int | None,
                     capacity_cores: float, logical_cpus: int) -> dict:
     """The threading environment against the cores the process can really use."""
@@ -328,10 +255,14 @@ def thread_settings(environment: dict[str, str] | None, physical_cores: int | No
             "recommended_threads": recommended, "advice": advice}
 
 
-def analyse(static: StaticFacts, ticks: list[Tick], numa_end=None) -> dict:
-    """Everything the report shows, as plain data (the JSON report's body)."""
+def analyse(static: StaticFacts, ticks: list[Tick], numa_end=None,
+            features: dict[float, dict] | None = None) -> dict:
+    """Everything the report shows, as plain data (the JSON report's body). `features`: the
+    feature values of each tick by its mono_ts (RuleMonitor.history), so the report quotes
+    the numbers the rules saw."""
     hz = static.hz
     topology = static.topology.data
+    features = features or {}
     ok_ticks = [t for t in ticks if t.data("process") is not None]
     first, last = (ok_ticks[0], ok_ticks[-1]) if ok_ticks else (None, None)
     elapsed = (last.mono_ts - first.mono_ts) if first else 0.0
@@ -340,14 +271,15 @@ def analyse(static: StaticFacts, ticks: list[Tick], numa_end=None) -> dict:
     target: dict = {}
     if first is not None:
         target = _target_section(static, ok_ticks, topology, hz, elapsed,
-                                 numa_end.data if numa_end is not None and numa_end.ok else None)
+                                 numa_end.data if numa_end is not None and numa_end.ok else None,
+                                 features.get(last.mono_ts) or {})
     threads = analyse_threads(ok_ticks, topology, hz, elapsed) if ok_ticks else {}
     if threads and target:
         numa = target["numa"]
         numa["cpu_seconds_by_node"] = threads["cpu_seconds_by_node"]
         numa["memory_local_ratio"] = _local_ratio(numa)
     return {"host": host, "target": target, "threads": threads,
-            "timeline": _timeline(ok_ticks)}
+            "timeline": _timeline(ok_ticks, features)}
 
 
 def _host_section(static: StaticFacts, ticks: list[Tick], topology: Topology | None) -> dict:
@@ -397,24 +329,19 @@ def _pressure_section(points: list[tuple[float, dict]]) -> dict:
 
 
 def _target_section(static: StaticFacts, ticks: list[Tick], topology: Topology | None,
-                    hz: int, elapsed: float, numa_end: dict[int, int] | None) -> dict:
+                    hz: int, elapsed: float, numa_end: dict[int, int] | None,
+                    latest: dict) -> dict:
     identity = static.identity
     first, last = ticks[0].data("process"), ticks[-1].data("process")
     cgroup_last = ticks[-1].data("cgroup")
-    cpu_series = []
-    for before, after in zip(ticks, ticks[1:]):
-        a, b = before.data("process"), after.data("process")
-        span = after.mono_ts - before.mono_ts
-        if span > 0:
-            cpu_series.append((a.utime_s + a.stime_s, b.utime_s + b.stime_s, span))
-    cores_series = [(b - a) / s for a, b, s in cpu_series]
-    cpu_cores = ((last.utime_s + last.stime_s - first.utime_s - first.stime_s) / elapsed
-                 if elapsed > 0 else None)
+    cores_series = [cores for cores in (_cpu_cores(before, after) for before, after
+                                        in zip(ticks, ticks[1:])) if cores is not None]
+    cpu_cores = _cpu_cores(ticks[0], ticks[-1])
     effective = effective_cpus(topology, last.cpus_allowed,
                                cgroup_last.cpuset_cpus if cgroup_last else None,
                                cgroup_last.cpu_quota_cores if cgroup_last else None)
     environment = static.environment.data if static.environment.ok else None
-    memory = _memory_section(ticks, static)
+    memory = _memory_section(ticks, latest)
     io = {}
     if first.io and last.io and elapsed > 0:
         io = {f"{key}_per_second": _round(rate(first.io.get(key), last.io.get(key), elapsed), 1)
@@ -460,6 +387,11 @@ def _target_section(static: StaticFacts, ticks: list[Tick], topology: Topology |
     }
 
 
+def _cpu_cores(before: Tick, after: Tick) -> float | None:
+    a, b = before.data("process"), after.data("process")
+    return rate(a.utime_s + a.stime_s, b.utime_s + b.stime_s, after.mono_ts - before.mono_ts)
+
+
 def rate_delta(ticks: list[Tick], collector: str, attribute: str) -> float | None:
     values = [getattr(t.data(collector), attribute, None) for t in ticks if t.data(collector)]
     values = [v for v in values if v is not None]
@@ -468,29 +400,31 @@ def rate_delta(ticks: list[Tick], collector: str, attribute: str) -> float | Non
     return values[-1] - values[0]
 
 
-def _memory_section(ticks: list[Tick], static: StaticFacts) -> dict:
+def _memory_section(ticks: list[Tick], latest: dict) -> dict:
+    """The memory at the window's end; growth and time to the limit as the features (and so
+    the rules) measured them: a least-squares fit of the unreclaimable memory."""
     last = ticks[-1].data("process")
-    rss_points = [(t.mono_ts, t.data("process").rss_bytes) for t in ticks
-                  if t.data("process").rss_bytes is not None]
-    slope = linear_slope(rss_points)
+    rss_fit = fit_line([(t.mono_ts, t.data("process").rss_bytes) for t in ticks
+                        if t.data("process").rss_bytes is not None])
     cgroup = ticks[-1].data("cgroup")
     host_memory = next((t.data("memory") for t in reversed(ticks) if t.data("memory")), None)
-    ws_points = [(t.mono_ts, t.data("cgroup").unreclaimable_bytes) for t in ticks
-                 if t.data("cgroup") and t.data("cgroup").unreclaimable_bytes is not None]
+    growth = latest.get("memory_growth_bytes_per_second")
     section = {
         "rss_bytes": last.rss_bytes,
         "rss_anon_bytes": last.rss_anon_bytes,
         "rss_file_bytes": last.rss_file_bytes,
         "peak_rss_bytes": last.peak_rss_bytes,
         "swap_bytes": last.swap_bytes,
-        "rss_slope_bytes_per_second": _round(slope, 1),
+        "rss_slope_bytes_per_second": _round(rss_fit.slope, 1) if rss_fit else None,
+        "rss_slope_fit_ratio": _round(rss_fit.r_squared) if rss_fit else None,
+        "unreclaimable_growth_bytes_per_second": _round(growth, 1),
+        "unreclaimable_growth_fit_ratio": _round(latest.get("memory_growth_fit_ratio")),
         "host_total_bytes": host_memory.get("MemTotal") if host_memory else None,
         "host_available_bytes": host_memory.get("MemAvailable") if host_memory else None,
         "cgroup": None,
     }
-    limit_kind, headroom, growth = None, None, slope
+    limit_kind = None
     if cgroup is not None:
-        ws_slope = linear_slope(ws_points)
         section["cgroup"] = {
             "limit_bytes": cgroup.memory_limit_bytes,
             "limit_set_at": cgroup.memory_limit_at,
@@ -499,7 +433,9 @@ def _memory_section(ticks: list[Tick], static: StaticFacts) -> dict:
             "unreclaimable_bytes": cgroup.unreclaimable_bytes,
             "inactive_file_bytes": cgroup.inactive_file_bytes,
             "active_file_bytes": cgroup.active_file_bytes,
-            "unreclaimable_slope_bytes_per_second": _round(ws_slope, 1),
+            # the feature's fit is the cgroup's where a limit applies (else the process's own)
+            "unreclaimable_slope_bytes_per_second": _round(growth, 1)
+            if cgroup.memory_headroom_bytes is not None else None,
             "headroom_bytes": cgroup.memory_headroom_bytes,
             "limit_unreclaimable_bytes": cgroup.limit_unreclaimable_bytes,
             "oom_kills": cgroup.oom_kills,
@@ -507,40 +443,32 @@ def _memory_section(ticks: list[Tick], static: StaticFacts) -> dict:
         }
         if cgroup.memory_headroom_bytes is not None:
             limit_kind = "cgroup"
-            headroom = cgroup.memory_headroom_bytes
-            growth = ws_slope if ws_slope is not None else slope
     if limit_kind is None and host_memory and host_memory.get("MemAvailable") is not None:
-        limit_kind, headroom = "host MemAvailable", host_memory["MemAvailable"]
+        limit_kind = "host MemAvailable"
     section["limit_kind"] = limit_kind
-    section["headroom_bytes"] = headroom
-    section["seconds_to_limit"] = (round(headroom / growth, 1)
-                                   if headroom is not None and growth and growth > 0 else None)
+    section["headroom_bytes"] = latest.get("memory_headroom_bytes") if limit_kind else None
+    section["seconds_to_limit"] = _round(latest.get("seconds_to_memory_limit"), 1)
     return section
 
 
 def _local_ratio(numa: dict) -> float | None:
     """Share of the target's memory on the nodes where its threads spent their CPU time."""
-    memory = numa.get("memory_bytes_by_node") or {}
     cpu = {k: v for k, v in (numa.get("cpu_seconds_by_node") or {}).items() if k != "-1"}
-    total_mem = sum(memory.values())
-    total_cpu = sum(cpu.values())
-    if not total_mem or not total_cpu:
-        return None
-    # Overlap of the two distributions: 1.0 when memory sits on the nodes where the CPU time
-    # is spent, in the same proportions; 0.0 when every byte is remote.
-    nodes = set(memory) | set(cpu)
-    return round(sum(min(cpu.get(n, 0) / total_cpu, memory.get(n, 0) / total_mem)
-                     for n in nodes), 4)
+    local = overlap_ratio(cpu, numa.get("memory_bytes_by_node") or {})
+    return _round(local)
 
 
-def _timeline(ticks: list[Tick]) -> list[dict]:
-    """Per interval, what charts need beyond the features: thread states and per-core busy.
-
-    The target's own series (CPU, run-queue wait, memory, ...) are the rules engine's features
-    and are merged in by the driver, so each signal has one implementation.
-    """
-    return [timeline_point(before, after, ticks[0].mono_ts)
-            for before, after in zip(ticks, ticks[1:]) if after.mono_ts > before.mono_ts]
+def _timeline(ticks: list[Tick], features: dict[float, dict]) -> list[dict]:
+    """Per interval, the timeline features and what charts need beyond them: thread states
+    and per-core busy."""
+    entries = []
+    for before, after in zip(ticks, ticks[1:]):
+        if after.mono_ts > before.mono_ts:
+            entry = timeline_point(before, after, ticks[0].mono_ts)
+            values = features.get(entry.pop("mono_ts"), {})
+            entry.update({name: values.get(name) for name in TIMELINE_FEATURES})
+            entries.append(entry)
+    return entries
 
 
 def timeline_point(before: Tick, after: Tick, origin: float) -> dict:
