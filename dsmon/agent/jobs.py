@@ -91,11 +91,15 @@ class DaemonThreadPool:
                          for n in range(workers)]
         self._started = False
 
-    def submit(self, fn, *args, **kwargs) -> Future:
-        if not self._started:     # at the first job, not when the agent is built
+    def start(self) -> None:
+        """When the scheduler starts, not when the agent is built."""
+        if not self._started:
             self._started = True
             for thread in self._threads:
                 thread.start()
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        self.start()
         future: Future = Future()
         self._queue.put((future, fn, args, kwargs))
         return future
@@ -161,6 +165,8 @@ class JobScheduler:
         return self._scheduler.running
 
     def start(self) -> None:
+        for executor in self._executors.values():
+            executor.pool.start()     # every thread now: the agent's thread count is flat
         self._scheduler.start()
 
     def submit_once(self, func, args, job_id: str) -> None:
