@@ -240,8 +240,7 @@ def test_many_scrapers_and_slow_clients(tmp_path):
     with workload("threads", "--idle", "4") as target:
         with running_agent(tmp_path, "--target", f"srv=pid:{target.pid}") as (agent, url, _):
             port = int(url.rsplit(":", 1)[1])
-            time.sleep(1.5)               # every job has run once: its pool's threads exist
-            threads_before = agent_threads(agent.pid)
+            threads_before = agent_threads(agent.pid)    # every job thread runs from READY on
             slow = hold_slow_clients(port, 120)
             slow_since = time.monotonic()
             latencies, errors = scrape_storm(port, 50, 4.0)
