@@ -10,8 +10,10 @@ timeout gave p99 1.0 s with 50 scrapers, and 200 slow clients held 212 threads):
   (the TLS handshake too), so a slow or idle client costs a buffer, not a thread; it answers
   /metrics and /healthz itself (from memory) and writes the answer as the client reads it; a
   head not complete within HEAD_TIMEOUT_S is dropped, and at most MAX_CONNECTIONS are open at once
-  (the agent's descriptor reserve covers them: dsmon/fdbudget.py); when all are taken, the
-  client that has waited longest without sending a request head is dropped for the new one;
+  (the agent's descriptor reserve covers them: dsmon/fdbudget.py); when all are taken, an
+  answered connection, else the client that has waited longest without sending a request
+  head, is dropped for the new one; after its answer the client closes first (CLOSE_WAIT_S),
+  so the TIME_WAIT is the client's;
 - WORKERS threads answer the other pages (a live page renders for milliseconds); an answer
   that cannot be written within SEND_TIMEOUT_S is abandoned.
 """
@@ -43,6 +45,7 @@ BACKLOG = 128
 MAX_CONNECTIONS = 96
 WORKERS = 4
 HEAD_TIMEOUT_S = 5.0
+CLOSE_WAIT_S = 2.0          # for the client to close after its answer, then the server does
 SEND_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 16 * 1024
 _END_OF_HEAD = b"\r\n\r\n"
@@ -195,6 +198,7 @@ class _Connection:
     handshaking: bool
     head: bytearray = field(default_factory=bytearray)
     answer: memoryview | None = None      # what is left to send
+    sent: bool = False                    # answered: waiting for the client to close
 
 
 class MetricsServer:
@@ -288,10 +292,11 @@ class MetricsServer:
             with self._open_lock:
                 full = self._open >= MAX_CONNECTIONS
             if full and self._connections:
-                # The slowest client makes room: whoever has waited longest without sending
-                # a request head (or reading its answer) goes, so idle connections cannot
-                # lock scrapers out.
-                self._drop(min(self._connections.values(), key=lambda c: c.deadline))
+                # Room is made by a connection already answered (only its close is awaited),
+                # else by the client that has waited longest without sending a request head:
+                # idle connections cannot lock scrapers out.
+                self._drop(min(self._connections.values(),
+                               key=lambda c: (not c.sent, c.deadline)))
                 full = False
             if full:                 # every place answers a request: the client retries
                 sock.close()
@@ -313,6 +318,13 @@ class MetricsServer:
     def _advance(self, connection: _Connection) -> None:
         sock = connection.sock
         try:
+            if connection.sent:
+                # The client closes first (it has the Content-Length), so the TIME_WAIT is
+                # its own: thousands of scrapes a second from one address then never meet a
+                # 4-tuple still in TIME_WAIT here (a dropped SYN, a 1-3 s retry).
+                if not sock.recv(65536):
+                    self._drop(connection)
+                return
             if connection.answer is not None:
                 self._send(connection)
                 return
@@ -365,16 +377,16 @@ class MetricsServer:
         if connection.answer:
             self._selector.modify(connection.sock, selectors.EVENT_WRITE)
             return
-        self._drop(connection, finished=True)
+        connection.sent = True
+        connection.deadline = time.monotonic() + CLOSE_WAIT_S
+        self._selector.modify(connection.sock, selectors.EVENT_READ)
 
-    def _drop(self, connection: _Connection, finished: bool = False) -> None:
+    def _drop(self, connection: _Connection) -> None:
         self._connections.pop(connection.sock.fileno(), None)
         try:
             self._selector.unregister(connection.sock)
         except (KeyError, ValueError):
             pass
-        if finished:
-            _end(connection.sock)
         self._close(connection.sock)
 
     def _close(self, sock: socket.socket) -> None:
