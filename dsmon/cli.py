@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 
@@ -10,23 +11,65 @@ import click
 
 from dsmon import __version__
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
 class Duration(click.ParamType):
+    """A positive duration: 10s, 500ms, 2m, 1h, 1d (dsmon.units, as in the TOML and the rule
+    files), or a bare number of seconds."""
+
     name = "duration"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        match = _DURATION.match(str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration (examples: 10s, 500ms, 2m)", param, ctx)
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-        if seconds <= 0:
-            self.fail("a duration must be positive", param, ctx)
+        from dsmon.units import parse_duration
+        text = re.sub(r"\s+", "", str(value))
+        seconds = parse_duration(float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else text,
+                                 "", [], allow_zero=False)
+        if seconds is None:
+            self.fail(f"{value!r} is not a positive duration (examples: 10s, 500ms, 2m)",
+                      param, ctx)
         return seconds
+
+
+class Pid(click.ParamType):
+    name = "pid"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            self.fail(f"{value!r} is not a pid (a whole number >= 1, as `ps` shows it)",
+                      param, ctx)
+        return int(text)
+
+
+PID = Pid()
+
+# The agent's exit codes (the README); usage (2) and the others are dsmon.diagnose's.
+EXIT_USAGE_CONFIG = 9
+EXIT_LISTEN = 10
+
+
+class DsmonGroup(click.Group):
+    """Every usage error on one line -- `dsmon diagnose: Invalid value for '--duration': ...
+    (see 'dsmon diagnose --help')` -- with exit code 2, instead of click's usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # Errors are always handled here, whatever standalone_mode a caller asks for.
+        try:
+            code = super().main(args, prog_name or "dsmon", complete_var, standalone_mode=False,
+                                **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()                     # plain `dsmon`: the help text, as before
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "dsmon"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"{where}: {message} (see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"dsmon: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("dsmon: interrupted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def host_path_options(command):
@@ -41,32 +84,70 @@ def host_path_options(command):
     @functools.wraps(command)
     def wrapper(*args, procfs, sysfs, rootfs, **kwargs):
         from dsmon.paths import HostPaths
-        return command(*args, paths=HostPaths(procfs, sysfs, rootfs), **kwargs)
+        paths = HostPaths(procfs, sysfs, rootfs)
+        problems = paths.problems()
+        if problems:
+            raise click.UsageError("; ".join(problems), click.get_current_context())
+        return command(*args, paths=paths, **kwargs)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DsmonGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dsmon")
 def main():
     """dsmon: measure LLM inference processes and the host they run on."""
 
 
+def _check_output(output: str | None) -> None:
+    """Exit 5 before any sampling when -o names a file that cannot be written."""
+    from dsmon.diagnose import EXIT_OUTPUT
+    from dsmon.outputs import output_problem
+    problem = output_problem(output) if output not in (None, "-") else None
+    if problem:
+        click.echo(f"dsmon: cannot write {output}: {problem}", err=True)
+        sys.exit(EXIT_OUTPUT)
+
+
 def _write(text: str, output: str | None) -> None:
     from dsmon.diagnose import EXIT_OUTPUT
+    from dsmon.outputs import replacing
     if output in (None, "-"):
         click.echo(text, nl=False)
         return
     try:
-        with open(output, "w", encoding="utf-8") as handle:
+        with replacing(output) as partial, open(partial, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
-        click.echo(f"dsmon: cannot write {output}: {exc.strerror}", err=True)
+        click.echo(f"dsmon: cannot write {output}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_OUTPUT)
 
 
+def _require_process(paths, pid: int | None) -> None:
+    """Exit 3 when PID names no process under the procfs root."""
+    from dsmon.diagnose import EXIT_NO_TARGET
+    if pid is not None and not os.path.exists(paths.pid(pid, "stat")):
+        click.echo(f"dsmon: no process with pid {pid} under {paths.procfs}. Check the pid with "
+                   f"`ps -p {pid}`", err=True)
+        sys.exit(EXIT_NO_TARGET)
+
+
+def _unknown_rule_ids(rule_ids, rules, where: str) -> list[str]:
+    """One line per id that names no loaded rule, with the known ids closest to it."""
+    known = sorted(rule.id for rule in rules)
+    problems = []
+    for rule_id in dict.fromkeys(rule_ids):
+        if rule_id not in known:
+            import difflib
+            close = difflib.get_close_matches(rule_id, known, n=3, cutoff=0.5)
+            problems.append(f"{where} {rule_id!r}: no such rule; "
+                            + (f"did you mean {', '.join(close)}?" if close
+                               else "`dsmon rules list` shows the ids"))
+    return problems
+
+
 @main.command()
-@click.argument("pid", type=int)
+@click.argument("pid", type=PID)
 @click.option("--duration", type=Duration(), default="10s", show_default=True,
               help="sampling window")
 @click.option("--interval", type=Duration(), default="1s", show_default=True,
@@ -95,15 +176,16 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
     """Sample process PID over a short window and report what slows it down.
 
     Exit codes: 0 no warning or critical finding; 6 a warning and 7 a critical finding firing
-    at the end of the window; 4 partial report (the target exited during the window) with
-    nothing worse; 3 no such process; 5 the report could not be written; 8 a rule file is
-    invalid; 2 usage error; 1 internal error.
+    at the end of the window; 4 partial report (the target exited, turned zombie or its pid
+    was reused during the window, or was a zombie already) with nothing worse; 3 no such
+    process; 5 the report cannot be written (checked before sampling too); 8 a rule file is
+    invalid; 2 usage error; 1 internal error. A kernel thread gets a report as any process.
     """
     import json
 
     from dsmon.diagnose import EXIT_NO_TARGET, EXIT_RULES, DiagnoseOptions, exit_code
     from dsmon.diagnose import diagnose as run
-    from dsmon.engine.rules import RuleLoadError
+    from dsmon.engine.rules import RuleLoadError, load_rules
     from dsmon.report.text import render_text
     from dsmon.sampler import TargetNotFound
 
@@ -112,15 +194,18 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
     logging.getLogger("dsmon.gpu").setLevel(logging.ERROR)
     if interval > duration:
         interval = duration
+    _check_output(output)
     try:
+        rules = load_rules(rule_paths)
+        problems = _unknown_rule_ids(disabled, rules, "--disable-rule")
+        if problems:
+            raise click.UsageError("; ".join(problems), click.get_current_context())
         report = run(paths, pid, DiagnoseOptions(duration, interval, max_threads,
                                                  tuple(rule_paths), tuple(disabled), stacks,
                                                  stacks_interval, pyspy_path),
-                     nvml=_nvml_backend(nvml_replay, paths))
+                     rules=rules, nvml=_nvml_backend(nvml_replay, paths))
     except RuleLoadError as exc:
-        click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
-                   err=True)
-        sys.exit(EXIT_RULES)
+        _fail("cannot load rules", exc.problems, EXIT_RULES)
     except TargetNotFound as exc:
         click.echo(f"dsmon: {exc}. Check the pid with `ps -p {pid}`; inside a container, "
                    f"pass the pid as this dsmon's PID namespace sees it.", err=True)
@@ -137,7 +222,7 @@ def diagnose(pid, duration, interval, output_format, output, max_threads, rule_p
 
 
 @main.command()
-@click.argument("pid", type=int, required=False)
+@click.argument("pid", type=PID, required=False)
 @click.option("-o", "--output", required=True, help="the tar.gz file to write")
 @click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
               help="record NVML answers from a recording instead of the driver")
@@ -146,15 +231,19 @@ def snapshot(pid, output, nvml_replay, paths):
     """Record the files dsmon reads (host, and process PID) into a replayable tar.gz.
 
     Unpack it and point --path.procfs/--path.sysfs/--path.rootfs at it to replay.
+    Exit codes: 0 written; 3 no such process; 5 FILE cannot be written; 2 usage error.
     """
-    from dsmon.diagnose import EXIT_NO_TARGET
-    from dsmon.snapshot import SnapshotError, write_snapshot
+    from dsmon.diagnose import EXIT_NO_TARGET, EXIT_OUTPUT
+    from dsmon.snapshot import SnapshotError, SnapshotWriteError, write_snapshot
 
+    _require_process(paths, pid)
+    _check_output(output)
     try:
         summary = write_snapshot(paths, pid, output, _nvml_backend(nvml_replay))
     except SnapshotError as exc:
         click.echo(f"dsmon: {exc}", err=True)
-        sys.exit(EXIT_NO_TARGET if exc.no_target else 1)
+        sys.exit(EXIT_OUTPUT if isinstance(exc, SnapshotWriteError)
+                 else EXIT_NO_TARGET if exc.no_target else 1)
     click.echo(f"wrote {output}: {summary.files} files, {summary.bytes} bytes"
                + (f"; {len(summary.skipped)} unreadable (listed in SNAPSHOT.json)"
                   if summary.skipped else ""))
@@ -174,7 +263,8 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 @main.command()
 @click.option("--config", "config_path", default=None, envvar="DSMON_CONFIG",
               help="TOML configuration (default /etc/dsmon/dsmon.toml if it exists)")
-@click.option("--listen", default=None, help="HOST:PORT for /metrics (default 127.0.0.1:9848)")
+@click.option("--listen", default=None, callback=lambda ctx, param, value: _checked_listen(value),
+              help="HOST:PORT or [IPv6]:PORT for /metrics (default 127.0.0.1:9848)")
 @click.option("--interval", type=Duration(), default=None, help="sampling interval (1s)")
 @click.option("--rules-interval", type=Duration(), default=None, help="rule evaluation (1s)")
 @click.option("--discovery-interval", type=Duration(), default=None, help="target discovery (10s)")
@@ -204,22 +294,27 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
     Signals: SIGHUP reloads the configuration and rules (a broken file keeps the running
     ones); SIGTERM stops within 2 s. Under systemd (Type=notify) it sends READY=1 after the
     first sample and WATCHDOG=1 after each good sampling cycle.
+
+    Exit codes: 2 a bad flag; 9 an invalid configuration file; 8 invalid rules; 10 cannot
+    listen.
     """
     from dsmon.agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_target
     from dsmon.agent.daemon import Agent, run_forever
     from dsmon.agent.logs import setup_logging
-    from dsmon.diagnose import EXIT_RULES
+    from dsmon.diagnose import EXIT_RULES, EXIT_USAGE
     from dsmon.engine.rules import RuleLoadError, load_rules
+    from dsmon.paths import HostPaths
 
+    problems: list[str] = []
+    specs = tuple(filter(None, (parse_target(t, "--target", problems) for t in targets)))
+    if problems:
+        raise click.UsageError("; ".join(problems), click.get_current_context())
+    nvml = _nvml_backend(nvml_replay)
     setup_logging(log_level)
     _limit_malloc_arenas()
 
     def load():
         config = load_config(config_path or DEFAULT_CONFIG_PATH, required=config_path is not None)
-        problems: list[str] = []
-        specs = tuple(filter(None, (parse_target(t, "--target", problems) for t in targets)))
-        if problems:
-            raise ConfigError(problems)
         config = config.with_overrides(
             listen=listen, interval_s=interval, rules_interval_s=rules_interval,
             discovery_interval_s=discovery_interval, targets=specs, max_series=max_series,
@@ -235,35 +330,59 @@ def agent(config_path, listen, interval, rules_interval, discovery_interval, tar
                 config.captures, **({"enabled": captures_enabled}
                                     if captures_enabled is not None else {}),
                 **({"directory": capture_dir} if capture_dir else {})))
-        rules = [r for r in load_rules(config.rule_paths) if r.id not in set(config.disabled_rules)]
+        rules = load_rules(config.rule_paths)
+        problems = _unknown_rule_ids(disabled, rules, "--disable-rule")
+        problems += _unknown_rule_ids([i for i in config.disabled_rules if i not in disabled],
+                                      rules, f"{config.source}: [rules] disable")
+        roots = HostPaths(config.procfs, config.sysfs, config.rootfs)
+        if roots != paths:      # the flags' roots were checked at the edge
+            problems += [f"{config.source}: [paths] {p.removeprefix('--path.')}"
+                         for p in roots.problems()]
+        if problems:
+            raise ConfigError(problems)
+        rules = [r for r in rules if r.id not in set(config.disabled_rules)]
         return config, rules
 
     try:
         config, loaded_rules = load()
     except ConfigError as exc:
-        click.echo("dsmon: invalid configuration:\n" + "\n".join(f"  {p}" for p in exc.problems),
-                   err=True)
-        sys.exit(EXIT_USAGE_CONFIG)
+        # A flag's problem names the flag first (--disable-rule 'x': ...), a file's its path.
+        flags_only = all(p.startswith("--") for p in exc.problems)
+        _fail("invalid command line" if flags_only else "invalid configuration", exc.problems,
+              EXIT_USAGE if flags_only else EXIT_USAGE_CONFIG)
     except RuleLoadError as exc:
-        click.echo("dsmon: cannot load rules:\n" + "\n".join(f"  {p}" for p in exc.problems),
-                   err=True)
-        sys.exit(EXIT_RULES)
+        _fail("cannot load rules", exc.problems, EXIT_RULES)
     if config.web_config:
         from dsmon.sinks.webconfig import WebConfigError, load_web_config
         try:
             load_web_config(config.web_config)
         except WebConfigError as exc:
-            click.echo(f"dsmon: invalid web config: {exc}", err=True)
+            click.echo(f"dsmon: invalid web config: {' '.join(str(exc).split())}", err=True)
             sys.exit(EXIT_USAGE_CONFIG)
     try:
-        sys.exit(run_forever(Agent(config, loaded_rules, nvml=_nvml_backend(nvml_replay)), load))
+        sys.exit(run_forever(Agent(config, loaded_rules, nvml=nvml), load))
     except OSError as exc:
-        click.echo(f"dsmon: cannot listen on {config.listen}: {exc.strerror}", err=True)
+        click.echo(f"dsmon: cannot listen on {config.listen}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_LISTEN)
 
 
-EXIT_USAGE_CONFIG = 9
-EXIT_LISTEN = 10
+def _checked_listen(value: str | None) -> str | None:
+    from dsmon.agent.config import parse_listen
+    if value is not None:
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _fail(heading: str, problems: list[str], code: int):
+    """`dsmon: HEADING: PROBLEM` on one line; several problems one per line below it."""
+    if len(problems) == 1:
+        click.echo(f"dsmon: {heading}: {problems[0]}", err=True)
+    else:
+        click.echo(f"dsmon: {heading}:\n" + "\n".join(f"  {p}" for p in problems), err=True)
+    sys.exit(code)
 
 
 def _nvml_backend(replay: str | None, paths=None):
@@ -277,21 +396,29 @@ def _nvml_backend(replay: str | None, paths=None):
     if replay is None:
         return None
     from dsmon.gpu.fake import FakeBackend
-    return FakeBackend(replay)
+    try:
+        return FakeBackend(replay)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc).removeprefix(f"{replay}: ")
+        raise click.UsageError(f"--nvml-replay {replay}: not an NVML recording ({detail}); "
+                               "record one with `dsmon snapshot` (its nvml.json)",
+                               click.get_current_context()) from None
 
 
 @main.command()
-@click.argument("pid", type=int, required=False)
+@click.argument("pid", type=PID, required=False)
 @click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False), default=None,
               help="answer NVML questions from a recording instead of the driver")
 @host_path_options
 def topo(pid, nvml_replay, paths):
     """The GPU topology (`nvidia-smi topo -m`'s picture) and, with PID, where the process's
-    threads run against the CPUs local to its GPUs."""
+    threads run against the CPUs local to its GPUs. Exit codes: 0; 3 no such process; 2 usage
+    error."""
     from dsmon.diagnose import EXIT_NO_TARGET
     from dsmon.gpu.topo import topo_command
     from dsmon.sources import Gone
 
+    _require_process(paths, pid)
     try:
         click.echo(topo_command(paths, pid, _nvml_backend(nvml_replay, paths)), nl=False)
     except Gone as exc:
@@ -374,7 +501,8 @@ def rules_check(paths):
     except RuleLoadError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
-        click.echo(f"{len(exc.problems)} problem(s)", err=True)
+        if len(exc.problems) > 1:
+            click.echo(f"{len(exc.problems)} problem(s)", err=True)
         sys.exit(EXIT_RULES)
     click.echo(f"ok: {len(loaded)} rules")
 
@@ -411,8 +539,8 @@ def rules_explain(rule_id, rule_paths):
     by_id = {rule.id: rule for rule in loaded}
     rule = by_id.get(rule_id)
     if rule is None:
-        click.echo(f"dsmon: no rule {rule_id!r}; `dsmon rules list` shows them", err=True)
-        sys.exit(2)
+        raise click.UsageError(_unknown_rule_ids([rule_id], by_id.values(), "rule")[0],
+                               click.get_current_context())
     click.echo(f"{rule.id} ({rule.severity}) from {rule.source}")
     click.echo(f"  {rule.description}")
     click.echo(f"  fires after the condition holds for {rule.for_s:g}s; stays firing "

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dsmon import __version__
+from dsmon.collectors.process import is_same_process
 from dsmon.engine.monitor import HostRuleMonitor, RuleMonitor
 from dsmon.engine.rules import SEVERITY_RANK, load_rules
 from dsmon.engine_metrics import EngineFollower
+from dsmon.features.series import fit_line
 from dsmon.gpu.sample import GpuCollector
 from dsmon.model import Batch, Status, run_collector
 from dsmon.model_size import report_note as model_size_note
@@ -53,6 +55,8 @@ def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
                   sleep=time.sleep, on_tick=None) -> tuple[list[Tick], str]:
     """Tick every interval for the duration. Returns the ticks and why sampling ended."""
     ticks = [sampler.tick(read_switches=True)]
+    if REUSED in ticks[0].target_gone:
+        _drop_target_data(ticks[0])
     if on_tick:
         on_tick(ticks[0])
     if ticks[0].target_gone:
@@ -69,6 +73,8 @@ def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
             if delay > 0:
                 sleep(delay)
             tick = sampler.tick(read_switches=(index == count) or None)
+            if REUSED in tick.target_gone:
+                _drop_target_data(tick)
             ticks.append(tick)
             if on_tick:
                 on_tick(tick)
@@ -77,6 +83,20 @@ def sample_window(sampler: TargetSampler, options: DiagnoseOptions,
     except KeyboardInterrupt:
         return ticks, "interrupted"
     return ticks, "completed"
+
+
+REUSED = "pid was reused"
+TARGET_BATCHES = ("process", "threads", "cgroup", "stacks", "engine")
+
+
+def _drop_target_data(tick: Tick) -> None:
+    """The tick that finds the pid reused may have read some files of the new process (the pid
+    changed hands between two reads): none of its target data is the target's."""
+    for name in TARGET_BATCHES:
+        batch = tick.batches.get(name)
+        if batch is not None and batch.ok:
+            tick.batches[name] = Batch(name, batch.mono_ts, batch.wall_ts, Status.FAILED, None,
+                                       tick.target_gone)
 
 
 def collector_summary(batches: list[Batch]) -> dict:
@@ -121,6 +141,10 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
                                 environment if isinstance(environment, dict) else None)
 
         def on_tick(tick: Tick) -> None:
+            if REUSED in tick.target_gone:
+                # Nothing more is read of what the pid names now: not its engine's /metrics,
+                # not its GPU memory (NVML reports per pid).
+                return monitor.observe(tick)
             engine_batch = engine.scrape_if_due()     # the engine's own /metrics, every 2 s
             if engine_batch is not None:
                 tick.batches["engine"] = engine_batch
@@ -141,7 +165,10 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
             monitor.observe(tick)
 
         ticks, end_reason = sample_window(sampler, options, sleep, on_tick)
-        gpu_first, gpu_last = gpu_batches[0], gpu_batches[-1]
+        if not gpu_batches:     # the pid changed hands before the first sample
+            gpu_batches.append(Batch("gpu", time.monotonic(), time.time(), Status.NO_DATA, None,
+                                     "not sampled: the pid was reused before the first sample"))
+        gpu_last = gpu_batches[-1]
         numa_end = sampler.numa() if end_reason != "target exited" else None
     finally:
         if stacks is not None:
@@ -155,7 +182,8 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     batches += gpu_batches
     if numa_end is not None:
         batches.append(numa_end)
-    exited_at = next((t.wall_ts for t in ticks if t.target_gone), None)
+    gone_tick = next((t for t in ticks if t.target_gone), None)
+    exited_at = gone_tick.wall_ts if gone_tick is not None else None
     report = {
         "schema_version": SCHEMA_VERSION,
         "dsmon_version": __version__,
@@ -171,14 +199,18 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
             "complete": end_reason == "completed",
             "end_reason": end_reason,
             "target_exited_at": _iso(exited_at) if exited_at else None,
+            # Why: "pid was reused by another process", "the process exited (a zombie ...)".
+            "gone_reason": gone_tick.target_gone.removeprefix("gone: ") if gone_tick else None,
         },
         **body,
         "collectors": collector_summary(batches),
         "notes": static.topology.data.notes if static.topology.ok else [],
     }
+    _name_the_target_kind(report["target"], static.identity, ticks)
     start = live[0].mono_ts if live else None
     report["engine"] = monitor.engine_name or None
-    report["python"] = python_section(stacks, paths, options, body["threads"])
+    report["python"] = python_section(stacks, paths, options, body["threads"],
+                                      static.identity.kernel_thread)
     report["findings"] = []
     # The host's findings (GPU health) beside the target's, most severe first.
     for finding in sorted(monitor.findings() + host.findings(),
@@ -192,7 +224,9 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
          "rule_id": t.rule_id, "severity": t.severity, "state": t.state}
         for t in sorted(list(monitor.transitions) + list(host.transitions),
                         key=lambda t: t.mono_ts)]
-    report["gpu"] = gpu_section(gpu_first, gpu_last, pid)
+    report["gpu"] = gpu_section(gpu_last, fit_line(
+        [(t, v["gpu_memory_bytes"]) for t, v in sorted(monitor.history.items())
+         if v.get("gpu_memory_bytes") is not None]))
     if gpu_last.ok:   # what its GPU memory says about the model (plan's arithmetic)
         report["gpu"]["model_size"] = model_size_note(report["gpu"], pid, static.identity.cmdline,
                                                       monitor.engine_name, paths)
@@ -205,19 +239,41 @@ def diagnose(paths: HostPaths, pid: int, options: DiagnoseOptions, sleep=time.sl
     return report
 
 
+def _name_the_target_kind(target: dict, identity, ticks: list[Tick]) -> None:
+    """A kernel thread or zombie says so, and its memory says why there is none: a kernel
+    thread's cgroup is the root one, whose memory is the host's, never the thread's own."""
+    if not target:          # not one sample of it (the pid changed hands at once)
+        return
+    target["kind"] = identity.kind
+    reasons = [t.batches["process"].unavailable.get("memory") for t in ticks
+               if "process" in t.batches]
+    reason = next((r for r in reversed(reasons) if r), None)
+    if reason is None:
+        return
+    memory = target["memory"]
+    if identity.kernel_thread:
+        memory.update(dict.fromkeys(memory, None))
+    memory["unavailable"] = reason
+
+
 def _start_stacks(paths: HostPaths, pid: int, static, options: DiagnoseOptions):
-    # A replayed snapshot has no process behind it to read stacks from.
-    if not options.stacks or not paths.is_live:
+    # A replayed snapshot has no process behind it to read stacks from, and a kernel thread
+    # has no user space (py-spy would say "exited").
+    if not options.stacks or not paths.is_live or static.identity.kernel_thread:
         return None
     pyspy = PySpy(options.pyspy_path, procfs=paths.procfs, explicit=bool(options.pyspy_path))
     profile = StackProfile(NamespaceTids(paths, pid, static.identity.nspid))
-    return StackSampler(pyspy, pid, profile, options.stacks_period_s).start()
+    start_ticks = static.identity.start_ticks
+    return StackSampler(pyspy, pid, profile, options.stacks_period_s,
+                        is_target=lambda: is_same_process(paths, pid, start_ticks)).start()
 
 
-def python_section(stacks, paths: HostPaths, options: DiagnoseOptions, threads: dict) -> dict:
+def python_section(stacks, paths: HostPaths, options: DiagnoseOptions, threads: dict,
+                   kernel_thread: bool = False) -> dict:
     """The `python` section, and each sampled thread's Python stack in the thread table."""
     if stacks is None:
         reason = "disabled (--no-stacks)" if not options.stacks else \
+            "kernel thread: no user space, no Python stacks" if kernel_thread else \
             "not a live host (replayed snapshot): no process to read stacks from"
         return {"status": "no_data", "error": reason, "hint": ""}
     rows: dict[int, dict] = {}
@@ -240,21 +296,16 @@ def python_section(stacks, paths: HostPaths, options: DiagnoseOptions, threads: 
     return section
 
 
-def gpu_section(first, last, pid: int) -> dict:
-    """The GPUs at the end of the window, the target's GPU memory and its change, and NVML's
-    own findings (lost GPU, XID, ECC, throttling, degraded PCIe)."""
+def gpu_section(last, memory_fit) -> dict:
+    """The GPUs at the end of the window, the target's GPU memory and its growth over the
+    window (a fit of the gpu_memory_bytes feature), and NVML's own findings (lost GPU, XID,
+    ECC, throttling, degraded PCIe)."""
     if not last.ok:
         return {"status": last.status.value, "error": last.error, "hint": last.hint}
     snapshot = last.data.to_dict()
-    usage_first = first.data.targets.get(pid) if first.ok else None
-    usage_last = last.data.targets.get(pid)
-    growth = None
-    if usage_first is not None and usage_last is not None and \
-            usage_first.memory_bytes is not None and usage_last.memory_bytes is not None:
-        span = last.wall_ts - first.wall_ts
-        growth = (usage_last.memory_bytes - usage_first.memory_bytes) / span if span > 0 else None
     snapshot["status"] = last.status.value
-    snapshot["target_memory_growth_bytes_per_second"] = growth
+    snapshot["target_memory_growth_bytes_per_second"] = memory_fit.slope if memory_fit else None
+    snapshot["target_memory_growth_fit_ratio"] = memory_fit.r_squared if memory_fit else None
     return snapshot
 
 
@@ -265,7 +316,8 @@ def exit_code(report: dict) -> int:
         return EXIT_CRITICAL
     if worst == "warning":
         return EXIT_WARNING
-    if report["window"]["end_reason"] == "target exited":
+    if report["window"]["end_reason"] == "target exited" or \
+            report.get("target", {}).get("kind") == "zombie":
         return EXIT_PARTIAL
     return EXIT_OK
 

@@ -37,3 +37,19 @@ class HostPaths:
     def is_live(self) -> bool:
         """True when procfs is this machine's own /proc (pids there are live processes)."""
         return os.path.realpath(self.procfs) == "/proc"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these roots, one line each (for the command line's edge).
+        A procfs root must hold the host-wide `stat` that every procfs (and every dsmon
+        snapshot's proc/) has; a directory without it is not one."""
+        found = []
+        for flag, root in (("--path.procfs", self.procfs), ("--path.sysfs", self.sysfs),
+                           ("--path.rootfs", self.rootfs)):
+            if not os.path.isdir(root):
+                found.append(f"{flag} {root}: "
+                             + ("not a directory" if os.path.exists(root) else "no such directory"))
+        if not found and not os.path.isfile(self.proc("stat")):
+            found.append(f"--path.procfs {self.procfs}: not a procfs (no {self.proc('stat')}); "
+                         "point it at a mounted proc filesystem (the host's /proc, bind-mounted "
+                         "into a container) or at the proc/ of an unpacked dsmon snapshot")
+        return found

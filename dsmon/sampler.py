@@ -102,7 +102,8 @@ class TargetSampler:
             raise TargetNotFound(f"no process with pid {self.pid} ({exc.describe()})") from None
         self._started_as_zombie = identity.state == "Z"
         layout = resolve_layout(self.paths, identity.cgroups)
-        self._cgroup = CgroupCollector(self.paths, layout)
+        # A kernel thread sits in the root cgroup: its memory and CPU figures are the host's.
+        self._cgroup = None if identity.kernel_thread else CgroupCollector(self.paths, layout)
         return StaticFacts(
             hostname=self._optional_text(self.paths.proc("sys", "kernel", "hostname")),
             kernel=self._optional_text(self.paths.proc("sys", "kernel", "osrelease")),

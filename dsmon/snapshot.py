@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from dsmon import __version__
 from dsmon.collectors.cgroup import resolve_layout
-from dsmon.collectors.process import (parse_environ, parse_passwd, parse_proc_cgroup, parse_status,
-                                      redact_cmdline)
+from dsmon.collectors.process import (parse_environ, parse_passwd, parse_proc_cgroup, parse_stat,
+                                      parse_status, redact_cmdline)
+from dsmon.outputs import replacing
 from dsmon.paths import HostPaths
 from dsmon.sources import Gone, SourceError, list_dir, read_bytes, read_link, read_text
 
@@ -51,6 +52,10 @@ class SnapshotError(Exception):
     def __init__(self, message: str, no_target: bool = False):
         super().__init__(message)
         self.no_target = no_target
+
+
+class SnapshotWriteError(SnapshotError):
+    """The output file could not be written (nothing is left behind)."""
 
 
 @dataclass
@@ -151,9 +156,8 @@ def write_snapshot(paths: HostPaths, pid: int | None, output: str,
                    nvml_backend=None) -> SnapshotSummary:
     if pid is not None and not os.path.exists(paths.pid(pid, "stat")):
         raise SnapshotError(f"no process with pid {pid} under {paths.procfs}", no_target=True)
-    tmp = f"{output}.partial"
     try:
-        with tarfile.open(tmp, "w:gz") as tar:
+        with replacing(output) as partial, tarfile.open(partial, "w:gz") as tar:
             recorder = _Recorder(tar, paths)
             _record_host(recorder, paths)
             uid = None
@@ -177,12 +181,8 @@ def write_snapshot(paths: HostPaths, pid: int | None, output: str,
             info = tarfile.TarInfo("SNAPSHOT.json")
             info.size, info.mtime = len(data), recorder.mtime
             tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, output)
     except OSError as exc:
-        raise SnapshotError(f"cannot write {output}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        raise SnapshotWriteError(f"cannot write {output}: {exc.strerror or exc}") from None
     return recorder.summary
 
 
@@ -218,7 +218,9 @@ def _record_process(recorder: _Recorder, paths: HostPaths, pid: int) -> int | No
             recorder.copy(paths.pid(pid, name), _redact_cmdline_bytes, process_file=True)
         else:
             recorder.copy(paths.pid(pid, name), process_file=True)
-    recorder.copy(paths.pid(pid, "environ"), _filter_environ, process_file=True)
+    if not parse_stat(read_bytes(paths.pid(pid, "stat"), True)).kernel_thread:
+        # A kernel thread has no environment: the kernel answers ESRCH, as for an exited one.
+        recorder.copy(paths.pid(pid, "environ"), _filter_environ, process_file=True)
     recorder.copy(paths.pid(pid, "maps"), _shared_libraries, process_file=True)
     for link in ("exe", "cwd", "ns/pid", "ns/cgroup"):
         try:

@@ -62,7 +62,7 @@ def test_strict_file_errors_are_all_reported(tmp_path):
         load_config(str(path), required=True)
     text = "\n".join(caught.value.problems)
     assert "max_series must be a whole number" in text
-    assert "listen 'nowhere' is not HOST:PORT" in text
+    assert "listen 'nowhere' must be HOST:PORT" in text
     assert "unknown section [extra]" in text
     assert "give exactly one of pid, pidfile, unit, pattern, auto" in text
 

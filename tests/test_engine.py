@@ -540,3 +540,22 @@ def test_oversubscription_hint_fits_the_runtime(engine_name, runtime, expected):
     assert expected in hint
     if engine_name != "pytorch":
         assert "torch.set_num_threads" not in hint
+
+
+def test_a_pending_inhibitor_delays_the_symptom_and_a_flapping_one_cannot_silence_it():
+    """Only a firing rule inhibits (as in Alertmanager); one that is pending holds the symptom
+    in pending, so the deeper cause gets its `for:` first. One that flaps and never fires
+    (an average near its threshold) does not silence the symptom for good."""
+    text = CAUSES.replace("keep_firing_for: 2s\n    inhibits", "for: 3s\n    inhibits")
+    engine = Engine(rules_from(text))
+    store = FeatureStore(60)
+    transitions = []
+    # the GIL reading flaps, so the cause's 3 s average crosses its threshold now and then
+    gil = [0.9, 0.9, 0.5] * 4
+    for second, ratio in enumerate(gil):
+        store.add(float(second), {"busy_threads": 4, "python_gil_held_ratio": ratio})
+        transitions += [(second, f.rule_id, state) for f, state in _evaluate(engine, store, second)]
+    assert ("cause-deep", "firing") not in {(r, s) for _, r, s in transitions}
+    fired = [s for s, rule, state in transitions if rule == "symptom" and state == "firing"]
+    # held while the cause was pending (seconds 0-1), fired once it cleared (second 2)
+    assert fired and fired[0] == 2, transitions

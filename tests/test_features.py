@@ -176,10 +176,13 @@ def test_torch_loaded_is_a_feature_and_reread_after_import():
             run_in(process, "import torch")
             assert extractor.update(sampler.tick())["torch_loaded"] == 0.0   # not re-read yet
             sampler.runtimes_reread_s = 0.0
-            values = extractor.update(sampler.tick())
+            tick = sampler.tick()
+            values = extractor.update(tick)
+            monitor.record(tick)
         finally:
             sampler.close()
         assert values["torch_loaded"] == 1.0
+        assert monitor.engine_name == "pytorch"    # its hints now speak torch
         assert values["openmp_loaded"] == 1.0    # torch's CPU build maps libgomp
         assert extractor.context["thread_pool_library"] == "torch"
         # ... and a monitor started now names the engine from the static facts.

@@ -40,32 +40,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import math
-import os
 import re
-import selectors
-import signal
 import subprocess
 import sys
-import time
-import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dsmon.features.placement import THREADS_PER_PHYSICAL_CORE
 from dsmon.engine.rules import load_rules
-from tests.helpers.cgroups import rmdir_when_empty
-from tests.helpers.spawn import REPO, WORKLOAD
+from tests.helpers.cpu_groups import diagnose, scenario_groups, started
+from tests.helpers.spawn import WORKLOAD
 
 CPU_WORKLOADS = Path(__file__).parent / "helpers" / "cpu_workloads.py"
-CPU_CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
-SCENARIO_SHARES = 262144         # the scenario's parent cgroup (the v1 maximum) against 1024 each
-NEIGHBOUR_SHARES = 8192          # competing processes get 8/9 of the cores while they run
-INTERVAL = "1s"
 DETECT_DURATION = "12s"          # detection needs the rule's for: after its first 3 points
 HEALTHY_DURATION = "8s"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -76,158 +64,6 @@ pytestmark = pytest.mark.slow
 RULES = {rule.id: rule for rule in load_rules()}
 # Time to detect per scenario and rule, in seconds from the first sample.
 TIME_TO_DETECT: dict[str, float] = {}
-
-
-# --- cpu cgroups ------------------------------------------------------------------------------
-
-def cpu_cgroup_unavailable() -> str | None:
-    """Why no cgroup v1 cpu group can be made here, or None."""
-    if os.geteuid() != 0:
-        return "needs root to create a cpu cgroup and move processes into it"
-    if not (CPU_CGROUP_ROOT / "cpu.cfs_quota_us").exists():
-        return (f"no cgroup v1 cpu controller at {CPU_CGROUP_ROOT} (these scenarios set "
-                "cpu.shares and cpu.cfs_quota_us)")
-    probe = CPU_CGROUP_ROOT / f"dsmon-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        probe.mkdir()
-    except OSError as exc:
-        return f"cannot create a cgroup under {CPU_CGROUP_ROOT}: {exc}"
-    rmdir_when_empty(probe)
-    return None
-
-
-class CpuGroup:
-    """One cgroup v1 cpu directory; processes are started inside it (see `wrap`)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, name: str, value) -> None:
-        (self.path / name).write_text(str(value), encoding="utf-8")
-
-    def read(self, name: str) -> str:
-        return (self.path / name).read_text(encoding="utf-8")
-
-    def procs(self) -> list[int]:
-        try:
-            return [int(pid) for pid in self.read("cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
-
-    def throttled_seconds(self) -> float:
-        for line in self.read("cpu.stat").splitlines():
-            key, _, value = line.partition(" ")
-            if key == "throttled_time":
-                return int(value) / 1e9
-        return 0.0
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        """argv run by a shell that first moves itself into the cgroup, then execs argv: the
-        process and every thread it starts are in the cgroup from the beginning."""
-        script = 'echo $$ > "$0" || exit 97; exec "$@"'
-        return ["sh", "-c", script, str(self.path / "cgroup.procs"), *argv]
-
-    def kill_all(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while pids := self.procs():
-            if time.monotonic() > deadline:
-                # Out of time: move the survivors to the root so the directory can go.
-                for pid in pids:
-                    try:
-                        (CPU_CGROUP_ROOT / "cgroup.procs").write_text(str(pid), encoding="utf-8")
-                    except OSError:
-                        pass
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
-
-
-class NoGroup:
-    """Stand-in when cgroups are unavailable: processes run where pytest runs."""
-
-    path = None
-
-    @staticmethod
-    def wrap(argv: list[str]) -> list[str]:
-        return argv
-
-
-@dataclass
-class Groups:
-    target: CpuGroup | NoGroup       # the process dsmon watches
-    neighbours: CpuGroup | NoGroup   # competing processes on the same cores
-    monitor: CpuGroup | NoGroup      # dsmon itself
-
-
-@contextmanager
-def scenario_groups(quota_cores: float | None = None, required: bool = False):
-    """Three children of a parent with a large cpu.shares: the target's (with a CFS quota of
-    `quota_cores` if given), the neighbours' (NEIGHBOUR_SHARES against the target's 1024) and
-    dsmon's. Everything in them is killed and the directories removed at the end, whatever
-    happens. Without cgroups (and not `required`), everything runs where pytest runs."""
-    reason = cpu_cgroup_unavailable()
-    if reason is not None:
-        if required:
-            pytest.skip(reason)
-        yield Groups(NoGroup(), NoGroup(), NoGroup())
-        return
-    parent = CpuGroup(CPU_CGROUP_ROOT / f"dsmon-cpu-test-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    parent.path.mkdir()
-    children: list[CpuGroup] = []
-    try:
-        parent.write("cpu.shares", SCENARIO_SHARES)
-        for name in ("target", "neighbours", "monitor"):
-            child = CpuGroup(parent.path / name)
-            child.path.mkdir()
-            children.append(child)
-        groups = Groups(*children)
-        groups.neighbours.write("cpu.shares", NEIGHBOUR_SHARES)
-        if quota_cores is not None:
-            groups.target.write("cpu.cfs_period_us", 100000)
-            groups.target.write("cpu.cfs_quota_us", int(quota_cores * 100000))
-        yield groups
-    finally:
-        try:
-            for child in children:
-                child.kill_all()
-        finally:
-            for child in children:
-                rmdir_when_empty(child.path)
-            rmdir_when_empty(parent.path)
-
-
-# --- processes --------------------------------------------------------------------------------
-
-def _readline(process: subprocess.Popen, timeout: float) -> str:
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            return ""
-    return process.stdout.readline()
-
-
-@contextmanager
-def started(group, script: Path, *args: str, timeout: float = 60.0):
-    """`python script args` started inside `group`; yields it once it printed "ready"."""
-    process = subprocess.Popen(group.wrap([sys.executable, str(script), *args]),
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        line = _readline(process, timeout)
-        if not line.startswith("ready"):
-            raise RuntimeError(f"{script.name} {args} did not start: {line!r} "
-                               f"(exit {process.poll()})")
-        if group.path is not None:
-            assert process.pid in group.procs(), (process.pid, group.path)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait()
-        process.stdout.close()
 
 
 @functools.lru_cache(maxsize=1)
@@ -245,17 +81,6 @@ def require_torch() -> None:
     if error:
         pytest.skip(f"torch is not importable by {sys.executable}: {error}")
 
-
-def diagnose(monitor, pid: int, duration: str) -> tuple[int, dict]:
-    """`dsmon diagnose PID --format json`, run inside the monitor group: (exit code, report)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    argv = [sys.executable, "-m", "dsmon", "diagnose", str(pid), "--duration", duration,
-            "--interval", INTERVAL, "--format", "json"]
-    result = subprocess.run(monitor.wrap(argv), capture_output=True, text=True, timeout=120,
-                            env=env)
-    assert result.returncode in (0, 6, 7), (result.returncode, result.stderr[-2000:])
-    return result.returncode, json.loads(result.stdout)
 
 
 # --- findings ---------------------------------------------------------------------------------
@@ -353,9 +178,9 @@ def test_torch_oversubscribed_next_to_switching_hogs(request):
     if physical == 2:
         assert "torch.set_num_threads(1)" in over["hint"], over["hint"]
 
-    # Saturation is the physics: the hogs fill the CPUs, so the target reaches only part of
-    # its capacity, and the usable CPUs' busy share says why.
-    assert evidence(over, "usable_cpus_busy_ratio")["met"], over["evidence_all"]
+    # Saturation by its own threads is the physics: more of them runnable than cores, while
+    # the hogs keep it to part of its capacity.
+    assert "runnable" in over["summary"], over["summary"]
     # One cause per symptom: the swing is the over-subscription's, so the contention rule
     # (the same run-queue wait, blamed on neighbours) is inhibited, as is every other cause.
     # In particular not I/O, although other processes' I/O may move the host's PSI io while

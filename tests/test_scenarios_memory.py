@@ -391,6 +391,7 @@ def test_growth_without_a_cgroup_limit_uses_host_memavailable(record_property):
     assert abs(error) <= 0.30, (reported, truth)
 
     warning = findings.get("oom-risk-warning")
+    observed = report["window"]["elapsed_seconds"]      # the fit spans at most the window
     if warning is not None:
         assert "host MemAvailable" in warning["summary"] and "cgroup" not in warning["summary"]
     elif truth > 100 * observed:
@@ -400,7 +401,6 @@ def test_growth_without_a_cgroup_limit_uses_host_memavailable(record_property):
     # its 5 s `for`, unless a starved host delayed the first samples that show the growth;
     # then it is still pending at the window's end). Past 100x the window (23 GB available
     # at 20 MiB/s is ~19 min from a 10 s window), it stays a projection in the report.
-    observed = report["window"]["elapsed_seconds"]      # the fit spans at most the window
     if 300 * 1.3 < truth < min(1800, 100 * observed) / 1.3:
         assert warning is not None, _describe(report)
         rule = RULES["oom-risk-warning"]

@@ -9,6 +9,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 
+from dsmon.agent.stacks import STACK_KEYS, StackSettings, parse_stack_settings
 from dsmon.stacks.capture import CaptureSettings
 from dsmon.units import parse_duration
 
@@ -63,6 +64,7 @@ class AgentConfig:
     sysfs: str = "/sys"
     rootfs: str = "/"
     captures: CaptureSettings = field(default_factory=CaptureSettings)
+    stacks: StackSettings = field(default_factory=StackSettings)
     source: str = "built-in defaults"
 
     def with_overrides(self, **overrides) -> "AgentConfig":
@@ -113,6 +115,7 @@ _KEYS = {
     "targets": set(TARGET_KINDS) | {"name"},
     "captures": {"enabled", "dir", "min_interval", "max_bytes", "keep", "max_age", "locals",
                  "py_spy", "timeout"},
+    "stacks": STACK_KEYS,
 }
 
 
@@ -139,7 +142,7 @@ def parse_config(document: dict, source: str) -> AgentConfig:
     problems: list[str] = []
     for key in sorted(set(document) - set(_KEYS)):
         problems.append(f"{source}: unknown section [{key}] (allowed: agent, paths, rules, "
-                        "targets, captures)")
+                        "targets, captures, stacks)")
     agent = document.get("agent", {})
     values: dict = {"source": source}
     if not isinstance(agent, dict):
@@ -212,6 +215,9 @@ def parse_config(document: dict, source: str) -> AgentConfig:
         values["targets"] = tuple(targets)
     if "captures" in document:
         values["captures"] = _parse_captures(document["captures"], source, problems)
+    if "stacks" in document:
+        values["stacks"] = parse_stack_settings(document["stacks"], source, problems,
+                                                parse_duration)
     if problems:
         raise ConfigError(problems)
     return replace(AgentConfig(), **values)
@@ -253,28 +259,35 @@ def _parse_captures(table, source: str, problems: list[str]) -> CaptureSettings:
     return CaptureSettings(**values)
 
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+LISTEN_FORMS = "HOST:PORT or [IPv6]:PORT, e.g. 127.0.0.1:9848, 0.0.0.0:9848, [::1]:9848"
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 address in brackets, an empty host for 127.0.0.1) -> (host, port).
-    Raises ValueError with a one-line reason that says what to write instead."""
-    host, sep, port = str(text).strip().rpartition(":")
-    example = "use HOST:PORT, e.g. 127.0.0.1:9848 or [::1]:9848"
-    if not sep or not port.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT ({example})")
-    if int(port) > 65535:
-        raise ValueError(f"{text!r}: port {int(port)} is out of range (0-65535)")
+def parse_listen(listen: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT or [IPv6]:PORT; an empty host is 127.0.0.1. Raises ValueError
+    naming the bad value and the forms accepted."""
+    bad = f"{listen!r} must be {LISTEN_FORMS}"
+    host, sep, port = listen.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()):
+        raise ValueError(bad)
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"{listen!r}: port {port} is out of range 0-65535 ({LISTEN_FORMS})")
     if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
         try:
-            ipaddress.IPv6Address(host)
+            ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address ({example})") from None
-    elif ":" in host:
-        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, e.g. [::1]:9848")
-    elif host and not _HOSTNAME.match(host):
-        raise ValueError(f"{text!r}: {host!r} is not a host name or address ({example})")
+            raise ValueError(bad) from None
+        return host[1:-1], int(port)
+    if ":" in host:
+        raise ValueError(f"{listen!r}: put an IPv6 address in brackets ([IPv6]:PORT), "
+                         f"e.g. [::1]:{port}")
+    if host and not _HOSTNAME.match(host):
+        raise ValueError(bad)
+    if re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(bad) from None
     return host or "127.0.0.1", int(port)
 
 

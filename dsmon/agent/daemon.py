@@ -181,6 +181,7 @@ class Agent:
             self.server.server_close()
         if not self.sampling.close(wait_s=0.3):
             log.warning("targets are held by a stuck job; their descriptors close at exit")
+        self.sampling.stacks.close()
         if abandoned:
             log.warning("abandoning %d stuck job(s) at exit: %s", len(abandoned),
                         ", ".join(abandoned))

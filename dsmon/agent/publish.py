@@ -129,7 +129,7 @@ class Publisher:
                                             self.self_metrics_text),
                         findings=findings,
                         target_page=lambda label: live_page(sampling, label),
-                        capture=captures.read)
+                        capture=captures.read, debug_stacks=sampling.stacks.debug_response)
         self.view = view
         if self.sink is not None:
             self.sink(view)
@@ -220,6 +220,7 @@ class Publisher:
             out.counter("dsmon_stack_captures", "py-spy captures taken when a finding fired "
                         "(skipped: rate-limited per target).",
                         sampling.captures.results.get(result, 0), result=result)
+        sampling.stacks.render(out, now)
         budget = sampling.fd_budget
         out.gauge("dsmon_fd_limit", "The agent's open-file limit (RLIMIT_NOFILE, its soft "
                   "limit raised to the hard one at start).",

@@ -14,6 +14,7 @@ import time
 from dsmon.agent.config import AgentConfig
 from dsmon.agent.live import live_points
 from dsmon.agent.runtime import TargetRuntime
+from dsmon.agent.stacks import AgentStacks
 from dsmon.agent.targets import TargetResolver
 from dsmon.collectors.topology import TopologyCollector
 from dsmon.engine.monitor import HostRuleMonitor
@@ -58,6 +59,7 @@ class Sampling:
         self.exits: dict[tuple[str, str], int] = {}           # (target, reason)
         self.oom_killed: dict[str, float] = {}                # target -> when (monotonic)
         self.captures = CaptureStore(config.captures)
+        self.stacks = AgentStacks(config.stacks, self.paths, config.captures.pyspy_path)
         self.on_change = lambda: None
         self.schedule_capture = None      # (func, args, job_id) -> None, set by the scheduler
 
@@ -66,6 +68,7 @@ class Sampling:
         with self.lock:
             if config.captures != self.config.captures:
                 self.captures = CaptureStore(config.captures)
+            self.stacks.reconfigure(config.stacks, config.captures.pyspy_path)
             self.config = config
             self.rules = rules
             self.host_monitor = HostRuleMonitor(rules)
@@ -162,6 +165,7 @@ class Sampling:
         if self.latest_gpu is not None:
             batches["gpu"] = self.latest_gpu   # the GPU rules read the target's GPU memory
         runtimes = self.runtimes()
+        self.stacks.follow(runtimes)
         # Per-target collectors: healthy when they worked for every target this cycle.
         cycle: dict[str, tuple[bool, float]] = {}
         for runtime in runtimes:
@@ -170,7 +174,7 @@ class Sampling:
             if self.gpu_snapshot is not None:
                 with runtime.lock:
                     runtime.monitor.follow_gpu_locality(self.gpu_snapshot, self.gpu.topology)
-            tick = runtime.sample(batches)
+            tick = runtime.sample({**batches, **self.stacks.batches(runtime)})
             for name in ("process", "threads", "cgroup"):
                 batch = tick.batches.get(name)
                 if batch is not None:

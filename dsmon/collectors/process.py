@@ -53,6 +53,13 @@ def redact_cmdline(args: list[str]) -> list[str]:
     return redacted
 
 
+# include/linux/sched.h: the task is a kernel thread (stat field 9, "flags"). Such a task has no
+# memory map, command line, executable or environment, and sits in the root cgroup.
+PF_KTHREAD = 0x00200000
+KERNEL_THREAD_MEMORY = "kernel thread: no user memory"
+ZOMBIE_MEMORY = "zombie: memory already released"
+
+
 @dataclass(frozen=True)
 class StatFields:
     """The fields of /proc/<pid>[/task/<tid>]/stat that dsmon uses (times in clock ticks)."""
@@ -67,6 +74,11 @@ class StatFields:
     rss_pages: int
     processor: int
     blkio_ticks: int
+    flags: int = 0
+
+    @property
+    def kernel_thread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
 
 
 def decode_comm(raw: bytes) -> str:
@@ -93,7 +105,7 @@ def parse_stat(raw: bytes) -> StatFields:
         comm=decode_comm(raw[open_at + 1:close_at]),
         state=fields[0].decode("ascii", "replace"),
         ppid=at(4), utime=at(14), stime=at(15), num_threads=at(20), start_ticks=at(22),
-        rss_pages=at(24), processor=at(39), blkio_ticks=at(42),
+        rss_pages=at(24), processor=at(39), blkio_ticks=at(42), flags=at(9),
     )
 
 
@@ -195,6 +207,14 @@ class Identity:
     nspid: list[int]
     state: str = ""
     unavailable: dict[str, str] = field(default_factory=dict)
+    kernel_thread: bool = False
+
+    @property
+    def kind(self) -> str:
+        """What the pid names: "kernel thread", "zombie" or "process"."""
+        if self.kernel_thread:
+            return "kernel thread"
+        return "zombie" if self.state == "Z" else "process"
 
     @property
     def key(self) -> tuple[int, int]:
@@ -230,6 +250,18 @@ def read_stat(paths: HostPaths, pid: int) -> StatFields:
     return parse_stat(read_bytes(paths.pid(pid, "stat"), process_file=True))
 
 
+def is_same_process(paths: HostPaths, pid: int, start_ticks: int) -> bool:
+    """Whether `pid` still names the process that started at `start_ticks` (identity is pid +
+    start time). Reads the main thread's stat, as check_identity does."""
+    try:
+        stat = parse_stat(read_bytes(paths.task(pid, pid, "stat"), process_file=True))
+    except (Gone, Missing):
+        return False
+    except SourceError:
+        return True     # unreadable is not proof of another process
+    return stat.start_ticks == start_ticks
+
+
 class ProcessGone(Gone):
     """The target exited or its pid now names another process."""
 
@@ -244,12 +276,14 @@ class ProcessCollector:
         self.pid = pid
         self.hz = hz
         self.start_ticks: int | None = None
+        self.kernel_thread = False
         self._users: dict[int, str] | None = None
 
     def stat(self) -> StatFields:
         stat = read_stat(self.paths, self.pid)
         if self.start_ticks is None:
             self.start_ticks = stat.start_ticks
+            self.kernel_thread = stat.kernel_thread
         elif stat.start_ticks != self.start_ticks:
             raise ProcessGone(self.paths.pid(self.pid), "pid was reused by another process")
         return stat
@@ -280,6 +314,9 @@ class ProcessCollector:
         if not cmdline and stat.state == "Z":
             unavailable["cmdline"] = "zombie: the process has exited and awaits its parent"
         exe = optional("exe", lambda: read_link(paths.pid(pid, "exe")))
+        if stat.kernel_thread:
+            unavailable["cmdline"] = unavailable["exe"] = \
+                "kernel thread: no command line or executable"
         status = parse_status(read_text(paths.pid(pid, "status"), process_file=True))
         uid = int(status["Uid"].split()[1]) if "Uid" in status else None  # effective uid
         user = self._user_name(uid) if uid is not None else None
@@ -288,7 +325,7 @@ class ProcessCollector:
             read_text(paths.pid(pid, "cgroup"), process_file=True)), [])
         namespace = optional("pid_namespace", lambda: read_link(paths.pid(pid, "ns", "pid")))
         return Identity(pid, stat.start_ticks, stat.comm, cmdline, exe, uid, user, stat.ppid,
-                        cgroups, namespace, nspid, stat.state, unavailable)
+                        cgroups, namespace, nspid, stat.state, unavailable, stat.kernel_thread)
 
     def _user_name(self, uid: int) -> str | None:
         if self._users is None:
@@ -318,8 +355,10 @@ class ProcessCollector:
             fd_limit = parse_fd_limit(read_text(paths.pid(pid, "limits"), process_file=True))
         except (Denied, Missing, Malformed) as exc:
             unavailable["fd_limit"] = reason(exc)
-        if stat.state == "Z":
-            unavailable["memory"] = "zombie: memory already released"
+        if stat.kernel_thread:
+            unavailable["memory"] = KERNEL_THREAD_MEMORY
+        elif stat.state == "Z":
+            unavailable["memory"] = ZOMBIE_MEMORY
         sample = ProcessSample(
             state=stat.state,
             utime_s=stat.utime / self.hz,
@@ -344,6 +383,8 @@ class ProcessCollector:
     def numa_memory(self) -> dict[int, int]:
         """Resident bytes per node. Walks the page tables: costly on big processes, read rarely."""
         path = self.paths.pid(self.pid, "numa_maps")
+        if self.kernel_thread:
+            raise Missing(path, KERNEL_THREAD_MEMORY)
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as handle:
                 return parse_numa_maps(handle)
@@ -351,6 +392,8 @@ class ProcessCollector:
             raise translate(exc, path, True) from None
 
     def environment(self) -> dict[str, str]:
+        if self.kernel_thread:   # the kernel answers ESRCH, which would read as "exited"
+            raise Missing(self.paths.pid(self.pid, "environ"), "kernel thread: no environment")
         return parse_environ(read_bytes(self.paths.pid(self.pid, "environ"), process_file=True))
 
 

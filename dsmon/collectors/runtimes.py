@@ -67,8 +67,7 @@ def parse_maps(data: bytes, truncated: bool = False) -> NativeRuntimes:
     loaded: set[str] = set()
     libraries: set[str] = set()
     for line in data.splitlines():
-        slash = line.find(b"/")
-        if slash < 0:
+        if b"/" not in line:
             continue        # anonymous, [heap], [stack], [vdso] ...
         name = line[line.rfind(b"/") + 1:].decode("utf-8", "replace")
         lowered = name.lower()

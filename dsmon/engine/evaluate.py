@@ -210,6 +210,28 @@ def template_values(rule: Rule, evidence: list[Evidence], store: FeatureStore, n
     return values
 
 
+def inhibitors_first(rules: list[Rule]) -> list[Rule]:
+    """The rules in an order where every rule comes after the rules that inhibit it (the
+    inhibition graph is acyclic: the loader refuses cycles); otherwise as loaded."""
+    by_id = {rule.id: rule for rule in rules}
+    inhibitors = inhibited_by(rules)
+    ordered: list[Rule] = []
+    placed: set[str] = set()
+
+    def place(rule: Rule) -> None:
+        if rule.id in placed:
+            return
+        placed.add(rule.id)
+        for other in inhibitors.get(rule.id, ()):
+            if other in by_id:
+                place(by_id[other])
+        ordered.append(rule)
+
+    for rule in rules:
+        place(rule)
+    return ordered
+
+
 def template_names(rule: Rule) -> set[str]:
     names = set()
     for text in (rule.summary, rule.hint, *rule.hints.values()):
@@ -230,31 +252,35 @@ class Engine:
     def __post_init__(self):
         self._inhibitors = inhibited_by(self.rules)
         self._placeholders = {rule.id: template_names(rule) for rule in self.rules}
+        self._order = inhibitors_first(self.rules)
 
     def evaluate(self, store: FeatureStore, now: float, wall: float,
                  context: dict[str, str]) -> list[tuple[Finding, str]]:
         """Evaluate all rules at `now`; returns (finding, new state) for each state change,
         in order (a `for: 0` rule goes pending and firing in one evaluation).
 
-        A rule listed in the `inhibits` of a rule whose condition holds (or which is still
-        firing through its keep_firing_for) does not fire, and an active one resolves at once:
-        the inhibiting rule names the cause."""
+        Inhibition (a rule's `inhibits`): while an inhibiting rule is firing, the rules it
+        explains do not fire, and an active one resolves at once with `inhibited_by`, as in
+        Alertmanager, where only a firing alert inhibits. While the inhibitor's condition holds
+        but it is still pending, an inhibited rule may become or stay pending but not start
+        firing: the deeper cause gets its `for:` to confirm itself first, and a flapping
+        inhibitor that never fires cannot silence the symptom for good. Rules are evaluated
+        inhibitors first, so a decision uses the inhibitor's state of this evaluation."""
         changed: list[tuple[Finding, str]] = []
-        verdicts: dict[str, tuple[bool, list[Evidence]]] = {}
-        for rule in self.rules:
-            evidence: list[Evidence] = []
-            verdicts[rule.id] = (evaluate_condition(rule.when, store, now, evidence) is True,
-                                 evidence)
-        explaining = {rule_id for rule_id, (met, _) in verdicts.items() if met} | \
-            {rule_id for rule_id, finding in self.active.items() if finding.state == "firing"}
+        met_now: set[str] = set()
         engine = context.get("engine", "")
         runtime = HINT_RUNTIME.get(context.get("thread_pool_library", ""), "")
-        for rule in self.rules:
-            met, evidence = verdicts[rule.id]
+        for rule in self._order:
+            evidence: list[Evidence] = []
+            met = evaluate_condition(rule.when, store, now, evidence) is True
+            if met:
+                met_now.add(rule.id)
             finding = self.active.get(rule.id)
-            inhibitor = next((other for other in self._inhibitors.get(rule.id, ())
-                              if other in explaining), None)
-            if met and inhibitor is None:
+            inhibitors = self._inhibitors.get(rule.id, ())
+            blocking = next((other for other in inhibitors if other in self.active
+                             and self.active[other].state == "firing"), None)
+            holding = any(other in met_now for other in inhibitors)
+            if met and blocking is None:
                 values = template_values(rule, evidence, store, now, context,
                                          self._placeholders[rule.id])
                 summary = render(rule.summary, values)
@@ -266,16 +292,17 @@ class Engine:
                     changed.append((finding, finding.state))
                 finding.summary, finding.hint, finding.evidence = summary, hint, evidence
                 finding.last_true = now
-                if finding.state == "pending" and now - finding.since >= rule.for_s - 1e-6:
+                if finding.state == "pending" and not holding and \
+                        now - finding.since >= rule.for_s - 1e-6:
                     finding.state, finding.fired_at = "firing", now
                     changed.append((finding, finding.state))
             elif finding is not None:
                 if finding.state == "pending":
                     del self.active[rule.id]
-                elif inhibitor is not None or \
+                elif blocking is not None or \
                         now - (finding.last_true or now) >= rule.keep_firing_for_s - 1e-6:
                     finding.state, finding.resolved_at = "resolved", now
-                    finding.inhibited_by = inhibitor
+                    finding.inhibited_by = blocking
                     del self.active[rule.id]
                     self.history.append(finding)
                     changed.append((finding, finding.state))

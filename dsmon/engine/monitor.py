@@ -70,6 +70,8 @@ class RuleMonitor:
         if tick.data("process") is None:
             return False
         values = self.extractor.update(tick)
+        if values["torch_loaded"] and self.extractor.context["engine"] == "python":
+            self.extractor.context["engine"] = "pytorch"   # torch imported after start
         self.last_values = values
         if keep_history:
             self.history[tick.mono_ts] = values

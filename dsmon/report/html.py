@@ -12,6 +12,8 @@ import json
 from html import escape
 
 from dsmon.report import svg
+from dsmon.report.digest import FixLedger, evidence_lines, thread_tables
+from dsmon.report.frames import user_frames
 from dsmon.report.svg import Bars, Reference, Series
 from dsmon.report.units import bytes_text as _bytes
 from dsmon.report.units import duration as _duration
@@ -27,6 +29,12 @@ MAX_THREAD_ROWS = 1024          # the full list is in the JSON report
 # The charts the page draws, in order; each is a <figure data-chart=ID>.
 CHARTS = ("core-heatmap", "target-cpu", "thread-states", "pool-cpu", "pool-wait", "memory",
           "numa", "io", "gpu-memory", "gpu-topology")
+STACK_FRAMES = 4
+# Without a limit that binds, the memory axis reaches this far above the data, and the host's
+# ceiling is drawn only when it is within this factor of that axis (else the data would be a
+# flat line at the bottom of a chart scaled to host RAM).
+MEMORY_AXIS_HEADROOM = 1.25
+MEMORY_REFERENCE_FIT = 2.0
 
 STYLE = """
 :root{--fg:#111;--muted:#555;--line:#bbb}
@@ -58,7 +66,7 @@ table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid var(--line);
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 table.topology td{text-align:center;min-width:3.2em;font-weight:600}
 .nv{background:#0072B2;color:#fff}.pcie-near{background:#9ecae1}.pcie-far{background:#f0f0f0}
-.unavailable{color:var(--muted);font-style:italic}
+.unavailable{color:var(--muted);font-style:italic}.zero{font-weight:600}
 @media print{body{max-width:none;margin:0;font-size:11px}.charts{display:block}
  figure{margin:0 0 .8em}details{display:none}
  *{-webkit-print-color-adjust:exact;print-color-adjust:exact}.no-print{display:none}}
@@ -120,10 +128,16 @@ def render_html(report: dict, *, refresh_seconds: int | None = None,
 
 
 def _figure(chart_id: str, caption: str, content: str, note: str = "",
-            empty_reason: str = "") -> str:
-    extra = f' data-empty="{escape(empty_reason)}"' if empty_reason else ""
+            empty_reason: str = "", zero_reason: str = "") -> str:
+    """`empty_reason`: the data could not be measured (the figure says "not available");
+    `zero_reason`: it was measured and was zero throughout, so there is nothing to draw."""
+    extra = ""
     if empty_reason:
+        extra = f' data-empty="{escape(empty_reason)}"'
         content = f'<p class="unavailable">not available: {escape(empty_reason)}</p>'
+    elif zero_reason:
+        extra = f' data-zero="{escape(zero_reason)}"'
+        content = f'<p class="zero">{escape(zero_reason)}</p>'
     note_html = f" <small>{escape(note)}</small>" if note else ""
     return (f'<figure data-chart="{chart_id}"{extra}><figcaption>{escape(caption)}{note_html}'
             f"</figcaption>{content}</figure>")
@@ -158,21 +172,34 @@ def _findings(report: dict) -> str:
                              else "") + "</h2>"]
     if not findings:
         out.append("<p>None: no rule matched this window.</p>")
-    for finding in findings:
+    fixes = FixLedger()
+    for index, finding in enumerate(findings):
         severity = finding.get("severity", "info")
-        evidence = "".join(f"<li>{_e(item.get('text'))}</li>"
-                           for item in finding.get("evidence") or [])
+        evidence = "".join(f"<li>{_e(line)}</li>"
+                           for line in evidence_lines(finding, report["window"]))
         out.append(
-            f'<div class="finding {escape(severity)}" data-rule="{_e(finding.get("rule_id"))}">'
+            f'<div class="finding {escape(severity)}" id="finding-{index}" '
+            f'data-rule="{_e(finding.get("rule_id"))}">'
             f'<span class="badge">{_e(severity)} · {_e(finding.get("state"))}</span> '
             f'<b>{_e(finding.get("rule_id"))}</b>: {_e(finding.get("summary"))}'
             f'<ul class="evidence">{evidence}</ul>{_finding_stacks(finding)}'
-            f'<div class="fix"><b>Fix:</b> {_e(finding.get("hint"))}</div></div>')
+            f'{_fix(fixes, f"finding-{index}", finding.get("rule_id"), finding.get("hint"))}'
+            "</div>")
     observations = report.get("observations") or []
     if observations:
         out.append("<ul>" + "".join(f"<li>[{_e(o.get('severity'))}] {_e(o.get('topic'))}: "
                                     f"{_e(o.get('text'))}</li>" for o in observations) + "</ul>")
     return "".join(out)
+
+
+def _fix(fixes: FixLedger, anchor: str, owner, hint) -> str:
+    """The fix, or a link to the finding above that already gave the same one."""
+    earlier = fixes.owner_of_earlier((anchor, owner), str(hint or ""))
+    if earlier is None:
+        return f'<div class="fix"><b>Fix:</b> {_e(hint)}</div>'
+    earlier_anchor, earlier_owner = earlier
+    return (f'<div class="fix"><b>Fix:</b> same as for <a href="#{escape(earlier_anchor)}">'
+            f"{_e(earlier_owner)}</a> above</div>")
 
 
 def _timeline(report: dict) -> list[dict]:
@@ -203,21 +230,49 @@ def _core_heatmap(report: dict) -> str:
     return _figure("core-heatmap", caption, chart, note)
 
 
+def _measured(points: list) -> str:
+    """"absent" (no value at all: not measured), "zero" (measured, 0 at every point) or
+    "data": only a series with data is drawn; the other two are said in words."""
+    values = [y for _, y in points if y is not None]
+    if not values:
+        return "absent"
+    return "zero" if all(v == 0 for v in values) else "data"
+
+
+def _quiet_note(labels: dict[str, str], zero_text: str) -> str:
+    """What the chart leaves out: series that were 0 throughout, series not measured."""
+    zero = [label for label, kind in labels.items() if kind == "zero"]
+    absent = [label for label, kind in labels.items() if kind == "absent"]
+    parts = [f"{', '.join(zero)}: {zero_text} throughout"] if zero else []
+    if absent:
+        parts.append(f"not measured: {', '.join(absent)}")
+    return "; ".join(parts)
+
+
+def _intervals(report: dict, name: str) -> int:
+    return sum(1 for _, y in _series(report, name) if y is not None)
+
+
 def _target_cpu(report: dict) -> str:
     caption = "Target CPU and run-queue wait"
     cpu = _series(report, "cpu_cores")
-    if not any(y is not None for _, y in cpu):
+    wait = _series(report, "run_queue_wait_seconds_per_second")
+    kinds = {"CPU used": _measured(cpu), "run-queue wait": _measured(wait)}
+    if kinds["CPU used"] == "absent":
         return _figure("target-cpu", caption, "", empty_reason="the target was not sampled twice")
+    if kinds["CPU used"] == "zero" and kinds["run-queue wait"] != "data":
+        return _figure("target-cpu", caption, "", zero_reason=(
+            f"no CPU used: 0 cores in each of the {_intervals(report, 'cpu_cores')} intervals"))
     capacity = ((report.get("target") or {}).get("effective_cpus") or {}).get("capacity_cores")
     references = (Reference(capacity, f"capacity {capacity:g}"),) if capacity else ()
+    series = [s for s in (Series("CPU used", cpu, 0), Series("run-queue wait", wait, 1))
+              if kinds[s.name] == "data"]
     chart = svg.line_chart(
-        "target-cpu", caption,
-        [Series("CPU used", cpu, 0),
-         Series("run-queue wait", _series(report, "run_queue_wait_seconds_per_second"), 1)],
-        "time since the first sample (s)", "cores (CPU-seconds per second)",
-        lambda v: f"{v:g}", references=references)
-    return _figure("target-cpu", caption, chart,
-                   "wait = seconds its threads were runnable but not on a CPU, per second")
+        "target-cpu", caption, series, "time since the first sample (s)",
+        "cores (CPU-seconds per second)", lambda v: f"{v:g}", references=references)
+    note = "wait = seconds its threads were runnable but not on a CPU, per second"
+    quiet = _quiet_note(kinds, "0")
+    return _figure("target-cpu", caption, chart, note + (f"; {quiet}" if quiet else ""))
 
 
 def _thread_states(report: dict) -> str:
@@ -243,70 +298,121 @@ def _pool_charts(report: dict) -> list[str]:
         reason = "no thread data"
         return [_figure("pool-cpu", "CPU per thread pool", "", empty_reason=reason),
                 _figure("pool-wait", "Run-queue wait per thread pool", "", empty_reason=reason)]
+    elapsed = report["window"].get("elapsed_seconds") or 0
+    rows = (report.get("threads") or {}).get("all") or []
+    return [
+        _pool_chart("pool-cpu", "CPU per thread pool", pools, rows, "cpu_cores", "cpu_ratio",
+                    "CPU", 0,
+                    lambda p: f"{_num(p.get('cpu_cores'))} cores, {p.get('busy', 0)} busy",
+                    "CPU used over the window (cores)",
+                    "no thread's CPU was measured (one thread sweep)",
+                    f"no CPU used: none of the {len(pools)} pools ran"),
+        _pool_chart("pool-wait", "Run-queue wait per thread pool", pools, rows,
+                    "run_queue_wait_seconds", "run_queue_wait_seconds",
+                    "run-queue wait", 1,
+                    lambda p: f"{_num(p.get('run_queue_wait_seconds'), '{:.3f}')} s",
+                    f"seconds runnable but waiting for a CPU (over {elapsed:g} s)",
+                    "no thread's run-queue wait was measured (schedstat)",
+                    f"no run-queue wait: no thread of the {len(pools)} pools waited for a CPU"),
+    ]
+
+
+def _pool_chart(chart_id: str, caption: str, pools: list, rows: list, field: str,
+                row_field: str, name: str, style: int, label, axis: str, unmeasured: str,
+                zero: str) -> str:
+    """One value per pool as bars. A pool's sum counts an unmeasured thread as 0, so the
+    threads say whether anything was measured at all."""
+    if rows and not any(r.get(row_field) is not None for r in rows):
+        return _figure(chart_id, caption, "", empty_reason=unmeasured)
+    if not any(p.get(field) for p in pools):
+        return _figure(chart_id, caption, "", zero_reason=zero)
     shown = pools[:MAX_POOLS_CHARTED]
-    names = [f"{p['pool']} ×{p['threads']}" for p in shown]
     more = f"{len(pools) - len(shown)} more pools in the JSON report" if len(pools) > len(shown) \
         else "threads grouped by name with digits masked"
-    cpu = svg.bar_chart("pool-cpu", "CPU per thread pool", names,
-                        [Bars("CPU", [p.get("cpu_cores") for p in shown], 0,
-                              [f"{_num(p.get('cpu_cores'))} cores, {p.get('busy', 0)} busy"
-                               for p in shown])],
-                        "CPU used over the window (cores)", lambda v: f"{v:g}")
-    elapsed = report["window"].get("elapsed_seconds") or 0
-    wait = svg.bar_chart("pool-wait", "Run-queue wait per thread pool", names,
-                         [Bars("run-queue wait", [p.get("run_queue_wait_seconds")
-                                                  for p in shown], 1,
-                               [f"{_num(p.get('run_queue_wait_seconds'), '{:.3f}')} s"
-                                for p in shown])],
-                         f"seconds runnable but waiting for a CPU (over {elapsed:g} s)",
-                         lambda v: f"{v:g}")
-    return [_figure("pool-cpu", "CPU per thread pool", cpu, more),
-            _figure("pool-wait", "Run-queue wait per thread pool", wait, more)]
+    bars = Bars(name, [p.get(field) for p in shown], style, [label(p) for p in shown])
+    chart = svg.bar_chart(chart_id, caption, [f"{p['pool']} ×{p['threads']}" for p in shown],
+                          [bars], axis, lambda v: f"{v:g}")
+    return _figure(chart_id, caption, chart, more)
 
 
 def _memory(report: dict) -> str:
+    """RSS and working set against the ceiling they may grow to (working set + headroom).
+    The axis reaches the limit that binds when a cgroup sets one; without one, the host's
+    ceiling would flatten the data, so the axis fits the data and the ceiling is drawn
+    only when it fits too."""
     caption = "Memory and its limit"
     timeline = _timeline(report)
     memory = (report.get("target") or {}).get("memory") or {}
     rss = _series(report, "rss_bytes")
     if not any(y is not None for _, y in rss):
         return _figure("memory", caption, "", empty_reason="no memory samples")
-    # The ceiling is what the working set may grow to: working set + headroom (the cgroup
-    # limit, or the host's MemAvailable on top of the current use).
+    working = _series(report, "working_set_bytes")
     ceiling = [(e["t"], e["working_set_bytes"] + e["memory_headroom_bytes"])
                if e.get("working_set_bytes") is not None
                and e.get("memory_headroom_bytes") is not None else (e["t"], None)
                for e in timeline]
-    values = [y for _, y in rss + ceiling if y is not None]
-    values += [e["working_set_bytes"] for e in timeline if e.get("working_set_bytes")]
-    unit, size = byte_scale(max(values))
+    projection = _memory_projection(timeline, memory.get("seconds_to_limit"))
+    data_top = max(y for _, y in rss + working + projection if y is not None)
+    ceiling_top = max((y for _, y in ceiling if y is not None), default=None)
+    host_total = memory.get("host_total_bytes")
     kind = memory.get("limit_kind") or "limit"
-    limit = [(t, None if y is None else y / size) for t, y in ceiling]
-    series = [Series("RSS", [(t, None if y is None else y / size) for t, y in rss], 0),
-              Series("working set", _series(report, "working_set_bytes", size), 2),
-              Series("limit", limit, 1)]
-    x_max = None
     note = f"limit = {kind}; headroom {_bytes(memory.get('headroom_bytes'))}"
-    to_limit = memory.get("seconds_to_limit")
-    last = next((e for e in reversed(timeline) if e.get("working_set_bytes") is not None
-                 and e.get("memory_headroom_bytes") is not None), None)
-    if to_limit and last is not None:
-        end = last["t"] + to_limit
-        span = last["t"] or 1.0
-        # Draw the projection up to three windows ahead; past that, the note says when.
-        horizon = min(end, last["t"] + 3 * span)
-        reach = last["working_set_bytes"] + last["memory_headroom_bytes"] * \
-            (horizon - last["t"]) / to_limit
-        series.append(Series("projected", [(last["t"], last["working_set_bytes"] / size),
-                                           (horizon, reach / size)], 3, dashed=True))
-        limit.append((horizon, (last["working_set_bytes"] + last["memory_headroom_bytes"]) / size))
-        x_max = horizon
-        note += f"; projected OOM in {_duration(to_limit)} at the measured growth"
+    references: list[tuple[float, str]] = []
+    if kind == "cgroup":
+        top, draw_ceiling = max(data_top, ceiling_top or 0), ceiling_top is not None
+    else:
+        top = data_top * MEMORY_AXIS_HEADROOM
+        draw_ceiling = ceiling_top is not None and ceiling_top <= top * MEMORY_REFERENCE_FIT
+        if draw_ceiling:
+            top = max(top, ceiling_top)
+        elif ceiling_top is not None:
+            note += f"; its ceiling ({_bytes(ceiling_top)}) is off this scale"
+        if host_total and host_total <= top * MEMORY_REFERENCE_FIT:
+            top = max(top, host_total)
+            references.append((host_total, f"host RAM {_bytes(host_total)}"))
+        elif host_total:
+            note += f"; host RAM {_bytes(host_total)}"
+    unit, size = byte_scale(top)
+
+    def scaled(points):
+        return [(t, None if y is None else y / size) for t, y in points]
+
+    series = [Series("RSS", scaled(rss), 0)]
+    if working == rss:      # without a cgroup limit the working set is the target's RSS
+        note += "; working set = RSS"
+    else:
+        series.append(Series("working set", scaled(working), 2))
+    if draw_ceiling:
+        limit = scaled(ceiling)
+        if projection:     # the ceiling runs on to where the projection ends
+            limit.append((projection[-1][0], next(y for _, y in reversed(limit) if y is not None)))
+        series.append(Series("limit" if kind == "cgroup" else "host ceiling", limit, 1))
+    x_max = None
+    if projection:
+        series.append(Series("projected", scaled(projection), 3, dashed=True))
+        x_max = projection[-1][0]
+        note += (f"; projected OOM in {_duration(memory.get('seconds_to_limit'))} at the "
+                 "measured growth")
     else:
         note += "; not growing"
     chart = svg.line_chart("memory", caption, series, "time since the first sample (s)",
-                           f"memory ({unit})", lambda v: f"{v:g}", x_max=x_max)
+                           f"memory ({unit})", lambda v: f"{v:g}", x_max=x_max, y_max=top / size,
+                           references=tuple(Reference(v / size, label) for v, label in references))
     return _figure("memory", caption, chart, note)
+
+
+def _memory_projection(timeline: list[dict], to_limit) -> list[tuple[float, float]]:
+    """The working set's straight line toward the ceiling at the measured growth, drawn up
+    to three windows ahead (past that, the note says when)."""
+    last = next((e for e in reversed(timeline) if e.get("working_set_bytes") is not None
+                 and e.get("memory_headroom_bytes") is not None), None)
+    if not to_limit or last is None:
+        return []
+    span = last["t"] or 1.0
+    horizon = min(last["t"] + to_limit, last["t"] + 3 * span)
+    reach = last["working_set_bytes"] + last["memory_headroom_bytes"] * \
+        (horizon - last["t"]) / to_limit
+    return [(last["t"], last["working_set_bytes"]), (horizon, reach)]
 
 
 def _numa(report: dict) -> str:
@@ -338,15 +444,23 @@ def _io(report: dict) -> str:
              ("write_bytes_per_second", "storage write", 1),
              ("rchar_per_second", "read(2) and similar", 2))
     raw = {name: _series(report, name) for name, _, _ in names}
-    values = [y for points in raw.values() for _, y in points if y is not None]
-    if not values:
+    kinds = {label: _measured(raw[name]) for name, label, _ in names}
+    if all(kind == "absent" for kind in kinds.values()):
         return _figure("io", caption, "", empty_reason="/proc/PID/io unreadable")
-    unit, size = byte_scale(max(values))
+    drawn = [(name, label, style) for name, label, style in names if kinds[label] == "data"]
+    if not drawn:
+        intervals = max(_intervals(report, name) for name, _, _ in names)
+        return _figure("io", caption, "", zero_reason=(
+            f"no I/O: 0 B/s read and written from storage, and read through syscalls, in "
+            f"each of the {intervals} intervals"))
+    unit, size = byte_scale(max(y for name, _, _ in drawn for _, y in raw[name] if y is not None))
     series = [Series(label, [(t, None if y is None else y / size) for t, y in raw[name]], style)
-              for name, label, style in names]
+              for name, label, style in drawn]
     chart = svg.line_chart("io", caption, series, "time since the first sample (s)",
                            f"{unit}/s", lambda v: f"{v:g}")
-    return _figure("io", caption, chart, "storage = block device I/O; read(2) = all reads")
+    quiet = _quiet_note(kinds, "0 B/s")
+    return _figure("io", caption, chart, "storage = block device I/O; read(2) = all reads"
+                   + (f"; {quiet}" if quiet else ""))
 
 
 def _gpu_memory(report: dict) -> str:
@@ -454,8 +568,12 @@ def _finding_stacks(finding: dict) -> str:
     return ('<ul class="evidence">' + "".join(
         f'<li>stack of thread {_e(t.get("tid"))} {_e(t.get("name") or "")} ({_e(t.get("why"))},'
         f' GIL {_pct(t.get("gil_ratio"))}): <code>'
-        + " &larr; ".join(_e(frame) for frame in (t.get("frames") or [])[:4]) + "</code></li>"
+        + _stack(t.get("frames") or []) + "</code></li>"
         for t in threads[:4]) + "</ul>")
+
+
+def _stack(frames: list) -> str:
+    return " &larr; ".join(_e(frame) for frame in user_frames(frames)[:STACK_FRAMES])
 
 
 def _thread_row(row: dict) -> str:
@@ -487,8 +605,7 @@ def _python_stacks(report: dict) -> str:
         f'<td class="num">{_pct(t.get("cpu_ratio"))}</td>'
         f'<td class="num">{_pct(t.get("active_ratio"))}</td>'
         f'<td class="num">{_pct(t.get("gil_ratio"))}</td><td class="mono">'
-        + "<br>".join(f"{_pct(stack.get('share'))} "
-                      + " &larr; ".join(_e(f) for f in (stack.get("frames") or [])[:4])
+        + "<br>".join(f"{_pct(stack.get('share'))} " + _stack(stack.get("frames") or [])
                       for stack in (t.get("top_stacks") or [])[:2])
         + "</td></tr>" for t in (python.get("threads") or [])[:MAX_THREAD_ROWS])
     return (f"<h2>Python stacks (py-spy)</h2><p>{_e(python.get('samples'))} non-blocking samples;"
@@ -507,12 +624,9 @@ def _thread_tables(report: dict) -> str:
     out = [f"<h2>Threads</h2><p>{_e(threads.get('listed'))} threads, {_e(threads.get('busy'))}"
            f" busy; runnable but waiting {_pct(threads.get('runnable_waiting_ratio'))} of "
            f"runnable time; D state {_pct(threads.get('d_state_ratio'))}</p>"]
-    for title, key in (("Top by CPU", "top_by_cpu"),
-                       ("Top by run-queue wait", "top_by_run_queue_wait")):
-        rows = threads.get(key) or []
-        if rows:
-            out.append(f"<h3>{title}</h3><table>{THREAD_HEAD}"
-                       + "".join(_thread_row(r) for r in rows) + "</table>")
+    for table in thread_tables(threads):
+        out.append(f"<h3>{escape(table.title[:1].upper() + table.title[1:])}</h3><table>"
+                   f"{THREAD_HEAD}" + "".join(_thread_row(r) for r in table.rows) + "</table>")
     blocked = threads.get("blocked") or []
     if blocked:
         out.append("<h3>Seen in D state</h3><table><tr><th>tid</th><th>name</th><th>wchan</th>"

@@ -111,9 +111,13 @@ def _text(x: float, y: float, text: str, anchor: str = "start", cls: str = "",
             f'{escape(text)}</text>')
 
 
-def _frame(chart_id: str, title: str, body: str, height: int = HEIGHT) -> str:
+def _frame(chart_id: str, title: str, body: str, height: int = HEIGHT,
+           axis_max: float | None = None) -> str:
+    # data-axis-max: the value axis' top tick, in the chart's own unit (what a reader sees
+    # as the scale; the tests check it against the data and the limits).
+    axis = f' data-axis-max="{axis_max:g}"' if axis_max is not None else ""
     return (f'<svg viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
-            f'data-svg="{escape(chart_id)}" preserveAspectRatio="xMinYMin meet">'
+            f'data-svg="{escape(chart_id)}"{axis} preserveAspectRatio="xMinYMin meet">'
             f'<title>{escape(title)}</title>{body}</svg>')
 
 
@@ -193,7 +197,7 @@ def line_chart(chart_id: str, title: str, series: list[Series], x_label: str, y_
         last_y = segments[-1][-1][1]
         out.append(_text(x1 + 4, _free_slot(label_slots, last_y + 4), s.name, "start",
                          "direct", f' fill="{colour(s.style)}"'))
-    return _frame(chart_id, title, "".join(out))
+    return _frame(chart_id, title, "".join(out), axis_max=top_y)
 
 
 def _free_slot(taken: list[float], y: float, gap: float = 13.0) -> float:
@@ -368,7 +372,7 @@ def bar_chart(chart_id: str, title: str, categories: list[str], groups: list[Bar
                       f'stroke="{stroke}"{dash}/>')
         legend.append(_text(lx + 16, 13, name, "start", "tick"))
         lx += 30 + 6.5 * len(name)
-    return _frame(chart_id, title, "".join(out + legend), height)
+    return _frame(chart_id, title, "".join(out + legend), height, axis_max=top)
 
 
 def _clip(text: str, length: int) -> str:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -62,6 +62,9 @@ class SiteView:
     findings: dict
     target_page: Callable[[str], str | None] = lambda name: None
     capture: Callable[[str], bytes | None] = lambda name: None
+    # /debug/stacks: the query (parse_qs) -> (status, content type, body)
+    debug_stacks: Callable[[dict], tuple[int, str, bytes]] = \
+        lambda query: (404, "text/plain; charset=utf-8", b"no stack sampler\n")
 
 
 EMPTY_VIEW = SiteView(metrics=lambda: b"", findings={"targets": [], "unresolved": {}})
@@ -132,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(send_body=False)
 
     def _answer(self, send_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         web = self.server.web
         if web is not None and not web.authorized(self.headers.get("Authorization")):
             self.send_response(401)
@@ -142,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         view = self.server.view
         try:
-            status, content_type, body = _route(view, path)
+            status, content_type, body = _route(view, path, query)
         except Exception:  # noqa: BLE001 - answer 500 and keep serving
             log.exception("error serving %s", path)
             status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
@@ -161,7 +164,7 @@ _TEXT = "text/plain; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
 
 
-def _route(view: SiteView, path: str) -> tuple[int, str, bytes]:
+def _route(view: SiteView, path: str, query: str = "") -> tuple[int, str, bytes]:
     if path == "/metrics":
         return 200, CONTENT_TYPE_LATEST, view.metrics()
     if path == "/findings":
@@ -175,6 +178,8 @@ def _route(view: SiteView, path: str) -> tuple[int, str, bytes]:
     if path.startswith("/targets/"):
         page = view.target_page(unquote(path[len("/targets/"):]))
         return (404, _TEXT, b"no such target\n") if page is None else (200, _HTML, page.encode())
+    if path == "/debug/stacks":
+        return view.debug_stacks(parse_qs(query))
     if path == "/healthz":
         return 200, _TEXT, b"ok\n"
     return 404, _TEXT, b"not found\n"

@@ -1,5 +1,9 @@
 """Many py-spy dumps of one target -> what each Python thread does and who holds the GIL.
 
+The one aggregation of stacks: `dsmon diagnose` keeps one profile for its window, the agent one
+per rolling window (`rotated`); both read the same summary (GIL share, active and idle threads,
+hot frames per pool) and the same per-interval tick that feeds the rules engine's features.
+
 py-spy reports kernel thread ids as the target sees them: inside a container's PID namespace
 they differ from the host's. `NamespaceTids` maps them to host ids through each task's NSpid
 line, so stacks join dsmon's per-thread CPU, run-queue wait and state.
@@ -7,15 +11,19 @@ line, so stacks join dsmon's per-thread CPU, run-queue wait and state.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from dsmon.features.threads import pool_of
 from dsmon.paths import HostPaths
 from dsmon.sources import SourceError, list_dir, read_text
 from dsmon.stacks.pyspy import ThreadStack
 
 TOP_STACKS = 3          # per thread, in the report
 MAX_FRAMES = 24         # innermost frames kept per stack (the rest is interpreter bootstrap)
+HOT_FRAMES = 5          # per pool, in the summary
+ACTIVE_SHARE = 0.10     # a thread active in at least this share of the samples is active
 
 
 class NamespaceTids:
@@ -44,8 +52,13 @@ class NamespaceTids:
             tids = list_dir(self.paths.pid(self.pid, "task"))
         except SourceError:
             return
+        # Threads that exited leave the map, so a long-lived agent on a churning pool keeps
+        # it the size of the live thread list.
+        alive = {int(name) for name in tids if name.isdigit()}
+        self._map = {ns: host for ns, host in self._map.items() if host in alive}
+        known = set(self._map.values())
         for name in tids:
-            if not name.isdigit() or int(name) in self._map.values():
+            if not name.isdigit() or int(name) in known:
                 continue
             try:
                 status = read_text(self.paths.task(self.pid, int(name), "status"), True)
@@ -93,6 +106,7 @@ class StackProfile:
 
     def __init__(self, tids: NamespaceTids):
         self.tids = tids
+        self.started_mono = time.monotonic()
         self.samples = 0
         self.gil_held = 0
         self.threads: dict[int, ThreadProfile] = {}     # keyed by Python's thread id
@@ -133,6 +147,61 @@ class StackProfile:
                                previous.active_threads + active, frozenset(tids),
                                previous.holder_tids + holders)
 
+    def rotated(self) -> "StackProfile":
+        """A new, empty window for the same target; samples not yet taken by a tick move with
+        it, so the engine sees every sample exactly once across a rotation."""
+        fresh = StackProfile(self.tids)
+        # The Python threads known to the features are this window's, not every thread ever
+        # seen: per-request threads would otherwise grow the set for as long as the agent runs.
+        window_tids = frozenset(p.host_tid for p in self.threads.values()
+                                if p.host_tid is not None)
+        pending = self._tick
+        fresh._tick = StackTick(pending.samples, pending.gil_held, pending.active_threads,
+                                window_tids, pending.holder_tids)
+        return fresh
+
+    def pools(self, limit: int = HOT_FRAMES) -> list[dict]:
+        """Per thread pool (names with digits masked, like the thread table's pools): threads,
+        how many were active, GIL and active shares of the pool's samples, and its hot frames
+        (the innermost frame of its active samples, the most frequent first)."""
+        pools: dict[str, dict] = {}
+        for profile in self.threads.values():
+            entry = pools.setdefault(pool_of(profile.name or "?"), {
+                "threads": 0, "active_threads": 0, "samples": 0, "active": 0, "gil": 0,
+                "frames": Counter()})
+            entry["threads"] += 1
+            entry["active_threads"] += profile.active >= ACTIVE_SHARE * profile.samples
+            entry["samples"] += profile.samples
+            entry["active"] += profile.active
+            entry["gil"] += profile.gil
+            for stack, count in profile.active_stacks.items():
+                if stack:
+                    entry["frames"][stack[0].label()] += count
+        rows = []
+        for pool, entry in pools.items():
+            active = entry["active"]
+            rows.append({"pool": pool, "threads": entry["threads"],
+                         "active_threads": entry["active_threads"],
+                         "active_ratio": round(active / entry["samples"], 4),
+                         "gil_ratio": round(entry["gil"] / entry["samples"], 4),
+                         "hot_frames": [{"frame": frame, "share": round(count / active, 4)}
+                                        for frame, count in entry["frames"].most_common(limit)]})
+        rows.sort(key=lambda r: (-r["active_ratio"] * r["threads"], -r["gil_ratio"], r["pool"]))
+        return rows
+
+    def folded(self, include_idle: bool = False) -> str:
+        """Folded stacks for flame graphs (flamegraph.pl, speedscope, inferno): one line per
+        distinct stack, `pool;outermost;...;innermost COUNT`, the most sampled first. Idle
+        samples (where threads wait) only when asked: a hot-stack view shows what runs."""
+        counts: Counter = Counter()
+        for profile in self.threads.values():
+            counter = profile.stacks if include_idle else profile.active_stacks
+            root = _folded_frame(pool_of(profile.name or "?"))
+            for stack, count in counter.items():
+                counts[";".join([root] + [_folded_frame(f.label()) for f in reversed(stack)])] \
+                    += count
+        return "".join(f"{line} {count}\n" for line, count in counts.most_common())
+
     def take_tick(self) -> StackTick:
         """The samples since the last call (the engine's per-interval view)."""
         tick, self._tick = self._tick, StackTick(0, 0, 0, self._tick.python_host_tids, Counter())
@@ -158,7 +227,7 @@ class StackProfile:
                                     t["tid"] or 0))
         holders = sorted((t for t in threads if t["gil_ratio"] > 0),
                          key=lambda t: -t["gil_ratio"])
-        active = [t for t in threads if t["active_ratio"] >= 0.10]
+        active = [t for t in threads if t["active_ratio"] >= ACTIVE_SHARE]
         timings = sorted(self.dump_seconds)
         return {
             "samples": self.samples,
@@ -172,5 +241,11 @@ class StackProfile:
             "idle_threads": len(threads) - len(active),
             "dump_seconds_median": timings[len(timings) // 2] if timings else None,
             "dump_seconds_max": timings[-1] if timings else None,
+            "pools": self.pools(),
             "threads": threads,
         }
+
+
+def _folded_frame(label: str) -> str:
+    # The folded format separates frames with ';' and ends a line with a space and a count.
+    return label.replace(";", ":").replace("\n", " ")

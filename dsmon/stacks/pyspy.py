@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -64,6 +65,8 @@ _HINTS = {
     "timeout": "the target may be stalled in the kernel (D state) or very large; try again "
                "or raise the timeout",
     "busy": "another py-spy call for this target is running; try again in a moment",
+    "target_stopped": "the target is stopped (SIGSTOP, a debugger or job control): sampling "
+                      "resumes when it continues (kill -CONT PID)",
     "failed": "run `py-spy dump --pid PID --nonblocking` by hand to see py-spy's own error",
 }
 
@@ -81,6 +84,14 @@ class PySpyError(Exception):
         """Trying again (for this target, with this py-spy) will not help."""
         return self.kind in ("missing", "permission_denied", "unsupported_python", "not_python",
                              "gone")
+
+
+@dataclass(frozen=True)
+class Dump:
+    """One dump and what it cost: py-spy's own CPU (its rusage), so a sampler can keep to a
+    CPU budget on any host instead of guessing from wall time."""
+    threads: list
+    cpu_s: float
 
 
 @dataclass(frozen=True)
@@ -163,7 +174,7 @@ def _stat(procfs: str, pid: int) -> StatFields | None:
         return None
 
 
-def _run_state(procfs: str, pid: int) -> str | None:
+def run_state(procfs: str, pid: int) -> str | None:
     stat = _stat(procfs, pid)
     return stat.state if stat is not None else None
 
@@ -188,6 +199,12 @@ class PySpy:
     def dump(self, pid: int, *, with_locals: bool = False, blocking: bool = False,
              timeout_s: float | None = None) -> list[ThreadStack]:
         """Every Python thread's stack. Raises PySpyError."""
+        return self.measured_dump(pid, with_locals=with_locals, blocking=blocking,
+                                  timeout_s=timeout_s).threads
+
+    def measured_dump(self, pid: int, *, with_locals: bool = False, blocking: bool = False,
+                      timeout_s: float | None = None) -> Dump:
+        """A dump with py-spy's CPU seconds. Raises PySpyError."""
         if not self.binary:
             where = f" at {self.requested}" if self.requested else " (next to dsmon or on PATH)"
             raise PySpyError("missing", f"py-spy not found{where}")
@@ -206,37 +223,35 @@ class PySpy:
             if timeout_s is None:
                 timeout_s = min(MAX_TIMEOUT_S,
                                 self.timeout_s + TIMEOUT_PER_THREAD_S * stat.num_threads)
-            return parse_dump(self._run(pid, command, timeout_s, stat.state))
+            stdout, cpu_s = self._run(pid, command, timeout_s, stat.state)
+            return Dump(parse_dump(stdout), cpu_s)
         except ValueError as exc:
             raise PySpyError("failed", f"py-spy output was not JSON: {exc}") from None
         finally:
             lock.release()
 
-    def _run(self, pid: int, command: list[str], timeout_s: float, before: str) -> bytes:
+    def _run(self, pid: int, command: list[str], timeout_s: float,
+             before: str) -> tuple[bytes, float]:
         env = dict(os.environ, RUST_BACKTRACE="0", RUST_LOG="error")
         try:
             child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
             raise PySpyError("missing", f"cannot run {command[0]}: {exc.strerror}") from None
-        try:
-            stdout, stderr = child.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()          # reap: no zombie py-spy left behind
-            self._ensure_running(pid, before)
-            raise PySpyError("timeout", f"py-spy did not answer within {timeout_s:g} s "
-                             "and was killed") from None
+        stdout, stderr, cpu_s = _communicate(child, timeout_s)
         self._ensure_running(pid, before)
+        if cpu_s is None:
+            raise PySpyError("timeout", f"py-spy did not answer within {timeout_s:g} s "
+                             "and was killed")
+        if len(stdout) > STDOUT_LIMIT:
+            raise PySpyError("failed", f"py-spy returned over {STDOUT_LIMIT} bytes (the limit) "
+                             "and was stopped")
         if child.returncode != 0:
             kind, message = classify(stderr.decode(errors="replace"), child.returncode)
-            if kind == "failed" and _run_state(self.procfs, pid) is None:
+            if kind == "failed" and run_state(self.procfs, pid) is None:
                 kind, message = "gone", f"process {pid} exited during the dump"
             raise PySpyError(kind, message)
-        if len(stdout) > STDOUT_LIMIT:
-            raise PySpyError("failed", f"py-spy returned {len(stdout)} bytes, over the "
-                             f"{STDOUT_LIMIT} byte limit")
-        return stdout
+        return stdout, cpu_s
 
     def _ensure_running(self, pid: int, before: str | None) -> None:
         """A target that was running must not stay stopped because of py-spy: a killed blocking
@@ -244,7 +259,7 @@ class PySpy:
         (state T before the call) is left as it was."""
         deadline = time.monotonic() + 0.2
         while True:
-            after = _run_state(self.procfs, pid)
+            after = run_state(self.procfs, pid)
             if after not in ("T", "t") or before in ("T", "t"):
                 return
             if time.monotonic() >= deadline:
@@ -255,3 +270,48 @@ class PySpy:
             self.resumed.append(pid)
         except OSError:
             pass
+
+
+def _communicate(child: subprocess.Popen, timeout_s: float) -> tuple[bytes, bytes, float | None]:
+    """(stdout, stderr, CPU seconds) of a child, reaped with wait4 so its rusage is its own
+    (RUSAGE_CHILDREN would mix in every other child of the agent). Past the deadline, or past
+    STDOUT_LIMIT, the child is killed and reaped; a timeout gives CPU None."""
+    deadline = time.monotonic() + timeout_s
+    chunks: dict = {child.stdout: [], child.stderr: []}
+    size = 0
+    timed_out = False
+    with selectors.DefaultSelector() as selector:
+        for stream in chunks:
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for key, _ in selector.select(left):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fileobj)
+                    continue
+                chunks[key.fileobj].append(data)
+                size += len(data)
+            if size > STDOUT_LIMIT + 65536:
+                break                     # the caller reports the size; stop reading
+    if timed_out or size > STDOUT_LIMIT + 65536:
+        child.kill()
+    # Both pipes closed is not an exit: py-spy may still hang, so the deadline holds here too.
+    pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+    while not pid and not timed_out and time.monotonic() < deadline:
+        time.sleep(0.002)
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+    if not pid:
+        timed_out = True
+        child.kill()
+        _, status, usage = os.wait4(child.pid, 0)   # reap: no zombie py-spy left behind
+    child.returncode = os.waitstatus_to_exitcode(status)
+    for stream in chunks:
+        stream.close()
+    if timed_out:
+        return b"", b"", None
+    return (b"".join(chunks[child.stdout]), b"".join(chunks[child.stderr]),
+            usage.ru_utime + usage.ru_stime)

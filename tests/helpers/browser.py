@@ -165,13 +165,15 @@ class Chromium:
 
 
 # Per chart: how many data-carrying elements (class "mark": a line, a bar, a heatmap colour
-# group, a matrix cell) it drew, and whether it said "not available".
+# group, a matrix cell) it drew, whether it said "not available" (empty) and whether it said
+# its data was measured and zero throughout (zero, e.g. "no I/O").
 CHART_PROBE = """(() => {
   const charts = {};
   for (const figure of document.querySelectorAll('figure[data-chart]')) {
     charts[figure.dataset.chart] = {
       marks: figure.querySelectorAll('.mark').length,
       empty: figure.dataset.empty || null,
+      zero: figure.dataset.zero || null,
       width: figure.getBoundingClientRect().width,
     };
   }

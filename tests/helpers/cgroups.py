@@ -229,13 +229,18 @@ class MemoryCgroup:
                 return
             if not pids:
                 return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            sigkill(pids)
             time.sleep(0.05)
         raise RuntimeError(f"processes {self.procs()} did not leave {self.path}")
+
+
+def sigkill(pids: list[int]) -> None:
+    """SIGKILL each pid; one that is already gone is fine."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _readline(process: subprocess.Popen, timeout: float) -> str:

@@ -4,6 +4,8 @@ Prints "ready <pid>" on stdout once its threads run, then runs until killed.
 
 Modes:
   torch  a PyTorch matmul loop with torch.set_num_threads(--threads) (OpenMP pool).
+  numpy  a NumPy matmul loop on OpenBLAS's pool, sized by OPENBLAS_NUM_THREADS (set it in the
+         environment at start, as users do; --threads fills it in when it is absent).
   hog    --threads native busy threads (hashlib releases the GIL for large inputs, so N
          threads use N CPUs): a competing process.
   gil    --threads pure-Python threads running bytecode (they hold the GIL, so together
@@ -70,6 +72,21 @@ def run_torch(threads: int, size: int, phase: Phase) -> None:
             torch.mm(a, b)
 
 
+def run_numpy(threads: int, size: int, phase: Phase) -> None:
+    # OpenBLAS sizes its pool when it loads, from the environment.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+    import numpy
+
+    a = numpy.random.rand(size, size)
+    b = numpy.random.rand(size, size)
+    a @ b  # starts the pool
+    ready()
+    while True:
+        phase.wait_until_on()
+        while phase.is_on():
+            a @ b
+
+
 def _hog(name: str, phase: Phase) -> None:
     set_thread_name(name)
     block = os.urandom(1 << 16)
@@ -100,12 +117,12 @@ def run_threads(target, prefix: str, count: int, phase: Phase) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["torch", "hog", "gil"])
+    parser.add_argument("mode", choices=["torch", "numpy", "hog", "gil"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--on", type=float, default=1.0, help="seconds of work per cycle")
     parser.add_argument("--off", type=float, default=0.0,
                         help="seconds idle per cycle (0: always on)")
-    parser.add_argument("--size", type=int, default=384, help="matrix size for torch")
+    parser.add_argument("--size", type=int, default=384, help="matrix size for torch and numpy")
     parser.add_argument("--switch-interval", type=float, default=0.0,
                         help="gil: sys.setswitchinterval (seconds; 0 keeps Python's 5 ms)")
     args = parser.parse_args()
@@ -114,6 +131,8 @@ def main() -> None:
     phase = Phase(args.on, args.off)
     if args.mode == "torch":
         run_torch(args.threads, args.size, phase)
+    elif args.mode == "numpy":
+        run_numpy(args.threads, args.size, phase)
     elif args.mode == "hog":
         run_threads(_hog, "cpu_hog_", args.threads, phase)
     else:
