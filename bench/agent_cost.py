@@ -88,9 +88,9 @@ BURST_SCRAPES = 50
 PROMETHEUS_SCRAPE_S = 15.0
 PROFILE_RATE = 250
 JOBS = {  # qualified names (py-spy frames) of the functions that start each of the agent's jobs
-    "sample (targets, publish)": "Agent.sample", "host collectors": "Agent.collect_host",
-    "rules (evaluate, publish)": "Agent.evaluate_rules", "discover": "Agent.discover",
-    "numa": "Agent.refresh_numa", "HTTP (scrapes)": "_Handler.do_GET",
+    "sample (targets, publish)": "Agent.sample", "host collectors": "Sampling.collect_host",
+    "rules (evaluate, publish)": "Sampling.evaluate_rules", "discover": "Sampling.discover",
+    "numa": "Sampling.refresh_numa", "HTTP (scrapes)": "_Handler.do_GET",
 }
 
 
@@ -344,16 +344,16 @@ def summarise_profile(raw_path: Path, rate: int, cycles: float, cpu_s: float,
 INSTRUMENTED = (
     # top-level jobs, one per thread at a time (disjoint)
     ("dsmon.agent.daemon", "Agent.sample"),
-    ("dsmon.agent.daemon", "Agent.collect_host"),
-    ("dsmon.agent.daemon", "Agent.evaluate_rules"),
-    ("dsmon.agent.daemon", "Agent.discover"),
-    ("dsmon.agent.daemon", "Agent.refresh_numa"),
+    ("dsmon.agent.sampling", "Sampling.collect_host"),
+    ("dsmon.agent.sampling", "Sampling.evaluate_rules"),
+    ("dsmon.agent.sampling", "Sampling.discover"),
+    ("dsmon.agent.sampling", "Sampling.refresh_numa"),
     ("dsmon.sinks.http", "_Handler.do_GET"),
     # inside them
-    ("dsmon.agent.daemon", "Agent.publish"),
-    ("dsmon.agent.daemon", "render_host"),
-    ("dsmon.agent.daemon", "render_target"),
-    ("dsmon.agent.daemon", "render_findings"),
+    ("dsmon.agent.publish", "Publisher.publish"),
+    ("dsmon.agent.publish", "render_host"),
+    ("dsmon.agent.publish", "render_target"),
+    ("dsmon.agent.publish", "render_findings"),
     ("dsmon.sinks.prometheus", "MetricsBuilder.build"),
     ("dsmon.agent.runtime", "TargetRuntime.sample"),
     ("dsmon.agent.runtime", "TargetRuntime.pools"),
@@ -367,26 +367,26 @@ INSTRUMENTED = (
     ("dsmon.engine.monitor", "RuleMonitor.record"),
     ("dsmon.features.extractor", "FeatureExtractor.update"),
     ("dsmon.engine.monitor", "RuleMonitor.evaluate"),
-    ("dsmon.agent.daemon", "Agent._self_metrics"),
-    ("dsmon.sinks.http", "generate_latest"),
+    ("dsmon.agent.publish", "Publisher.self_metrics"),
+    ("dsmon.agent.publish", "generate_latest"),
 )
-TOP_LEVEL = ("Agent.sample", "Agent.collect_host", "Agent.evaluate_rules", "Agent.discover",
-             "Agent.refresh_numa", "_Handler.do_GET")
+TOP_LEVEL = ("Agent.sample", "Sampling.collect_host", "Sampling.evaluate_rules",
+             "Sampling.discover", "Sampling.refresh_numa", "_Handler.do_GET")
 DEPTH = {  # indentation of the report: what runs inside what
-    "Agent.publish": 1, "render_host": 2, "render_target": 2, "TargetRuntime.pools": 3,
+    "Publisher.publish": 1, "render_host": 2, "render_target": 2, "TargetRuntime.pools": 3,
     "render_findings": 2, "MetricsBuilder.build": 2, "TargetRuntime.sample": 1,
     "TargetSampler.tick": 2, "ProcessCollector.sample": 3, "ThreadSampler.sample": 3,
     "CgroupCollector.collect": 3, "TargetSampler._target_replaced": 3, "Totals.update": 2,
     "RuleMonitor.record": 2, "FeatureExtractor.update": 3, "TargetRuntime.evaluate": 1,
-    "RuleMonitor.evaluate": 2, "Agent._self_metrics": 1, "generate_latest": 1,
+    "RuleMonitor.evaluate": 2, "Publisher.self_metrics": 1, "generate_latest": 1,
 }
 ORDER = ("Agent.sample", "TargetRuntime.sample", "TargetSampler.tick", "ProcessCollector.sample",
          "ThreadSampler.sample", "CgroupCollector.collect", "TargetSampler._target_replaced",
-         "Totals.update", "RuleMonitor.record", "FeatureExtractor.update", "Agent.publish",
+         "Totals.update", "RuleMonitor.record", "FeatureExtractor.update", "Publisher.publish",
          "render_host", "render_target", "TargetRuntime.pools", "render_findings",
-         "MetricsBuilder.build", "Agent.evaluate_rules", "TargetRuntime.evaluate",
-         "RuleMonitor.evaluate", "Agent.collect_host", "Agent.discover", "Agent.refresh_numa",
-         "_Handler.do_GET", "generate_latest", "Agent._self_metrics")
+         "MetricsBuilder.build", "Sampling.evaluate_rules", "TargetRuntime.evaluate",
+         "RuleMonitor.evaluate", "Sampling.collect_host", "Sampling.discover", "Sampling.refresh_numa",
+         "_Handler.do_GET", "generate_latest", "Publisher.self_metrics")
 
 INSTRUMENT_LAUNCHER = r"""
 import ctypes, importlib, json, os, runpy, signal, threading, time

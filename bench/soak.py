@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Soak test: the agent at 1 Hz against a target whose 512 threads churn, for minutes.
 
-    python bench/soak.py [--duration 600] [--interval 1] [--warmup S] [--threads 512]
-                         [--churn 0.05] [--max-threads N] [--json FILE] [--keep-logs DIR]
+    python bench/soak.py [--duration 480] [--interval 1] [--scrape-every 1] [--warmup S]
+                         [--threads 512] [--churn 0.05] [--max-threads N] [--json FILE]
+                         [--keep-logs DIR]
 
 Starts `tests/helpers/churn_target.py` (512 workers; every second ~5% exit and are replaced
 by new `worker_N` threads; ~1/4 work in short bursts, the rest wait) and
 `python -m dsmon agent --listen 127.0.0.1:PORT --target churn=pid:PID --interval 1s` on a free
-loopback port. Every 5 s it scrapes /metrics (the body must answer 200 with
+loopback port. Every second it scrapes /metrics (the body must answer 200 with
 `dsmon_target_up{target="churn"} 1.0`); every 10 s (and at the end of the warm-up and of the
 run) it records the agent's VmRSS and VmHWM (/proc/PID/status), open descriptors
 (len(/proc/PID/fd)), threads (`Threads:`), series (non-comment lines of /metrics) and CPU
@@ -19,12 +20,15 @@ record at the end of the warm-up (the baseline) to the end:
 - open fds and threads never exceed their highest value up to the baseline by more than 2
   (the descriptor cache swings with the sweep's phase: see `evaluate`);
 - the series count stays within +-5% of the baseline;
+- RSS at the end within +-5% of the baseline, open fds never 5% above their warm-up high
+  (issue 18: "flat within 5%");
 - the agent is alive, every scrape answered with the target up, its log has no ERROR line.
 It prints the table and PASS/FAIL, and exits 1 on FAIL. Every process it started is killed on
 exit, on Ctrl-C and SIGTERM, and by the kernel if this process dies (PR_SET_PDEATHSIG).
 
 The functions are importable: tests/test_soak_short.py runs `run_soak(duration=30, warmup=10)`
-and asserts the same checks with the same thresholds.
+and asserts the same checks with the same thresholds. The 8-minute run at 1 scrape/s is the
+documented figure (README, Reliability): `python bench/soak.py --duration 480`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ RSS_GROWTH_MAX_MIB = 5.0
 FD_GROWTH_MAX = 2
 THREAD_GROWTH_MAX = 2
 SERIES_TOLERANCE = 0.05
+FLAT_TOLERANCE = 0.05
 WARMUP_MAX_S = 60.0
 WARMUP_SHARE = 0.2
 
@@ -326,7 +331,8 @@ class SoakResult:
         document["thresholds"] = {"rss_growth_max_mib": RSS_GROWTH_MAX_MIB,
                                   "fd_growth_max": FD_GROWTH_MAX,
                                   "thread_growth_max": THREAD_GROWTH_MAX,
-                                  "series_tolerance": SERIES_TOLERANCE}
+                                  "series_tolerance": SERIES_TOLERANCE,
+                                  "flat_tolerance": FLAT_TOLERANCE}
         return document
 
 
@@ -378,6 +384,16 @@ def evaluate(records: list[Record], warmup_s: float, *, agent_alive: bool = True
             f"{'open fds' if name == 'fds' else 'threads'}: highest {envelope} up to the "
             f"baseline ({getattr(base, attribute)} at it), highest {peak} after it, "
             f"{getattr(last, attribute)} at the end ({peak - envelope:+d}; limit +{limit})"))
+    # "Flat within 5%": RSS at the end against the baseline; fds, whose descriptor cache swings
+    # with the sweep's phase (below), as their highest after the baseline against the highest
+    # up to it.
+    rss_change = (last.rss_kib - base.rss_kib) / base.rss_kib if base.rss_kib else 1.0
+    fd_envelope = max(r.fds for r in records if r.t <= base.t)
+    fd_change = (max(r.fds for r in after) - fd_envelope) / fd_envelope if fd_envelope else 1.0
+    checks.append(Check(
+        "flat", abs(rss_change) <= FLAT_TOLERANCE and fd_change <= FLAT_TOLERANCE,
+        f"RSS at the end {rss_change:+.1%} of the baseline, open fds at most {fd_change:+.1%} "
+        f"of their warm-up high {fd_envelope} (limits +-{FLAT_TOLERANCE:.0%})"))
     low, high = min(r.series for r in after), max(r.series for r in after)
     deviation = max(abs(low - base.series), abs(high - base.series)) / base.series \
         if base.series else 1.0
@@ -396,8 +412,8 @@ def evaluate(records: list[Record], warmup_s: float, *, agent_alive: bool = True
     return checks
 
 
-def run_soak(duration: float = 600.0, interval: float = 1.0, warmup: float | None = None,
-             threads: int = 512, churn: float = 0.05, scrape_every: float = 5.0,
+def run_soak(duration: float = 480.0, interval: float = 1.0, warmup: float | None = None,
+             threads: int = 512, churn: float = 0.05, scrape_every: float = 1.0,
              record_every: float = 10.0, log_dir: str | os.PathLike | None = None,
              progress=None, max_threads: int | None = None) -> SoakResult:
     """Run the agent against the churn target for `duration` seconds and judge it.
@@ -535,8 +551,9 @@ def format_summary(result: SoakResult) -> str:
         lines.append(f"agent CPU after the warm-up: {100 * cpu:.2f}% of one core")
     if result.scrape_ms:
         ordered = sorted(result.scrape_ms)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
         lines.append(f"scrapes: {result.scrapes}, latency median {statistics.median(ordered):.1f} "
-                     f"ms, max {ordered[-1]:.1f} ms")
+                     f"ms, p95 {p95:.1f} ms, max {ordered[-1]:.1f} ms")
     for check in result.checks:
         lines.append(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<8} {check.detail}")
     lines.append("PASS" if result.passed else "FAIL")
@@ -545,8 +562,10 @@ def format_summary(result: SoakResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds (default 600)")
+    parser.add_argument("--duration", type=float, default=480.0, help="seconds (default 480)")
     parser.add_argument("--interval", type=float, default=1.0, help="agent interval, s (1)")
+    parser.add_argument("--scrape-every", type=float, default=1.0,
+                        help="seconds between scrapes of /metrics (1)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="seconds left out of the checks (default min(60, 20%% of duration))")
     parser.add_argument("--threads", type=int, default=512, help="target threads (512)")
@@ -560,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     try:
         result = run_soak(args.duration, args.interval, args.warmup, args.threads, args.churn,
-                          log_dir=args.keep_logs, progress=lambda line: print(line, flush=True),
+                          scrape_every=args.scrape_every, log_dir=args.keep_logs, progress=lambda line: print(line, flush=True),
                           max_threads=args.max_threads)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

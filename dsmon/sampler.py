@@ -74,7 +74,7 @@ class TargetSampler:
     def __init__(self, paths: HostPaths, pid: int, max_threads: int = 2048,
                  thread_time_budget_s: float = 0.5, thread_pass_sweeps: int | None = None,
                  thread_relist_every: int = 1, thread_switches_every_capped: int | None = None,
-                 runtimes_reread_s: float = RUNTIMES_REREAD_S):
+                 runtimes_reread_s: float = RUNTIMES_REREAD_S, fd_budget=None):
         self.paths = paths
         self.pid = pid
         self.hz = clock_ticks()
@@ -83,7 +83,8 @@ class TargetSampler:
                                      time_budget_s=thread_time_budget_s,
                                      pass_sweeps=thread_pass_sweeps,
                                      relist_every=thread_relist_every,
-                                     switches_every_capped=thread_switches_every_capped)
+                                     switches_every_capped=thread_switches_every_capped,
+                                     fd_budget=fd_budget)
         self.host = HostSampler(paths)
         self._cgroup: CgroupCollector | None = None
         self._started_as_zombie = False

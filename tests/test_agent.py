@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -69,7 +70,9 @@ class NotifyListener:
 
 
 @contextmanager
-def running_agent(tmp_path, *args, config_text: str | None = None, env_extra=None):
+def running_agent(tmp_path, *args, config_text: str | None = None, env_extra=None,
+                  open_files: int | None = None):
+    """`open_files`: the agent's RLIMIT_NOFILE (soft and hard), like `ulimit -n` before it."""
     port = free_port()
     listener = NotifyListener(tmp_path / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=listener.path, WATCHDOG_USEC="3000000",
@@ -80,7 +83,10 @@ def running_agent(tmp_path, *args, config_text: str | None = None, env_extra=Non
         config.write_text(config_text)
         command += ["--config", str(config)]
     log = open(tmp_path / "agent.log", "w+")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    limit = None if open_files is None else \
+        (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=limit)
     try:
         listener.wait_for("READY=1")
         yield process, f"http://127.0.0.1:{port}", listener
@@ -274,14 +280,14 @@ def test_a_wedged_sampling_loop_stops_the_watchdog(tmp_path):
     notifier = FakeNotifier()
     agent = Agent(config, load_rules(), notifier=notifier)
     wedge = threading.Event()
-    original = agent._sample
+    original = agent.sampling._sample_targets
 
     def wedged():
         original()
         if wedge.is_set():
             time.sleep(30)
 
-    agent._sample = wedged
+    agent.sampling._sample_targets = wedged
     try:
         agent.start()
         time.sleep(1.2)
@@ -293,6 +299,7 @@ def test_a_wedged_sampling_loop_stops_the_watchdog(tmp_path):
         assert sum(1 for kind, _ in notifier.messages if kind == "WATCHDOG") <= count + 1
         body = get(f"http://127.0.0.1:{port}/metrics")   # the scrape still answers
         assert metric(body, "dsmon_last_sample_age_seconds") > 1.0
+        assert metric(body, "dsmon_job_success", job="sample") == 0   # overdue, not "1"
     finally:
         wedge.clear()
         agent.stop()
@@ -426,7 +433,7 @@ def test_pool_labels_stay_bounded_with_per_request_threads():
     """A pool of one thread named short_4660 must not become its own label value."""
     from types import SimpleNamespace
 
-    from dsmon.agent.runtime import TargetRuntime
+    from dsmon.agent.runtime import PoolNames, TargetRuntime
     from dsmon.collectors.threads import ThreadSample, ThreadSweep
     from dsmon.model import Batch, Status
     from dsmon.sampler import Tick
@@ -437,7 +444,7 @@ def test_pool_labels_stay_bounded_with_per_request_threads():
         return Tick(when, when, {"threads": Batch("threads", when, when, Status.OK, sweep)})
 
     runtime = SimpleNamespace(
-        static=SimpleNamespace(hz=100),
+        static=SimpleNamespace(hz=100), pool_names=PoolNames(),
         previous_tick=tick(0.0, [(1, "python3", 0), (2, "short_4660", 0)]),
         last_tick=tick(1.0, [(1, "python3", 50), (2, "short_4660", 10), (3, "short_11101", 0)]))
     rows = {pool: (count, cores) for pool, count, cores in TargetRuntime.pools(runtime, 20)}
@@ -446,6 +453,7 @@ def test_pool_labels_stay_bounded_with_per_request_threads():
     assert rows["python#"] == (1, pytest.approx(0.5))
     # More pools than the cap fold into "other", so the label set stays bounded.
     many = SimpleNamespace(static=SimpleNamespace(hz=100), previous_tick=None,
+                           pool_names=PoolNames(),
                            last_tick=tick(1.0, [(i, f"pool{chr(97 + i)}_{i}", 0)
                                                 for i in range(10)]))
     assert [row[0] for row in TargetRuntime.pools(many, 4)][-1] == "other"

@@ -7,6 +7,7 @@ through Prometheus to Alertmanager."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import resource
@@ -152,7 +153,7 @@ def test_the_cpu_budget_paces_the_dumps_to_their_measured_cost():
 def test_hot_stacks_are_served_only_when_enabled_and_behind_basic_auth():
     import bcrypt
 
-    from dsmon.sinks.http import start_server
+    from dsmon.sinks.http import EMPTY_VIEW, start_server
     from dsmon.sinks.webconfig import WebConfig
 
     settings = StackSettings(debug_endpoint=True, cpu_budget=0.05, min_interval_s=0.2)
@@ -162,8 +163,9 @@ def test_hot_stacks_are_served_only_when_enabled_and_behind_basic_auth():
         wait_for(lambda: run_state(stopped) == "T", 5, "the target to stop")
         stacks = AgentStacks(settings, HostPaths())
         sleeper = subprocess.Popen(["sleep", "30"])
-        agent = SimpleNamespace(stacks=stacks)
-        server = start_server(agent, "127.0.0.1", 0, web)
+        # The server serves what it is handed: here only the stack sampler's endpoint.
+        view = dataclasses.replace(EMPTY_VIEW, debug_stacks=stacks.debug_response)
+        server = start_server("127.0.0.1", 0, web, view)
         url = f"http://127.0.0.1:{server.server_address[1]}/debug/stacks"
         try:
             stacks.follow([fake_runtime("api", hot), fake_runtime("frozen", stopped),

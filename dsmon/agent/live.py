@@ -16,8 +16,6 @@ from array import array
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from html import escape
-from urllib.parse import quote
 
 from dsmon import __version__
 from dsmon.diagnose import SCHEMA_VERSION
@@ -140,11 +138,6 @@ def live_page(agent, label: str) -> str | None:
     return render_html(report, refresh_seconds=REFRESH_S, nav=nav,
                        heading=f"dsmon live: {label} (pid {identity.pid}, {identity.comm}), "
                                f"the last {minutes:.1f} min")
-
-
-def live_link(label: str) -> str:
-    """Markup of a link to a target's live page (the label is escaped and URL-quoted)."""
-    return f'<a href="/targets/{escape(quote(label, safe=""))}">live view</a>'
 
 
 def _iso(timestamp: float) -> str:

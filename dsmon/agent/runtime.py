@@ -21,6 +21,37 @@ log = logging.getLogger("dsmon.agent")
 THREAD_PASS_SWEEPS = 8     # at 1 Hz: every thread read at least every ~8 s (<= 8 x max_threads)
 THREAD_RELIST_EVERY = 2
 THREAD_SWITCHES_EVERY_CAPPED = 10   # status + wchan sweeps when reading slices (else every 5th)
+# A named pool keeps its label this long after its last thread left: long enough that a pool
+# of short-lived request threads does not flap in and out of "other" between requests, short
+# enough that a server whose pools changed gets their names within minutes.
+POOL_NAME_IDLE_S = 600.0
+OTHER_POOL = "other"
+
+
+class PoolNames:
+    """Which pools of one target are labelled by name: at most `max_pools - 1` at a time, the
+    rest are "other". A pool, once named, keeps its name while it has threads; a free place goes
+    to the largest pool seen without one. Picking the busiest pools at each scrape instead let
+    names come and go (issue 20: 29 names over 8 scrapes with threads renamed at random), and
+    every name Prometheus has seen is a series it keeps."""
+
+    def __init__(self):
+        self.last_seen: dict[str, float] = {}    # named pool -> when it last had threads
+
+    def assign(self, sizes: dict[str, int], now: float, max_pools: int) -> dict[str, str]:
+        """pool -> its label for this sample."""
+        for pool in sizes.keys() & self.last_seen.keys():
+            self.last_seen[pool] = now
+        for pool, seen in list(self.last_seen.items()):
+            if now - seen > POOL_NAME_IDLE_S:
+                del self.last_seen[pool]
+        places = max(0, max_pools - 1 - len(self.last_seen))
+        for pool in sorted(sizes.keys() - self.last_seen.keys(), key=lambda p: (-sizes[p], p)):
+            if places <= 0:
+                break
+            self.last_seen[pool] = now
+            places -= 1
+        return {pool: pool if pool in self.last_seen else OTHER_POOL for pool in sizes}
 
 
 @dataclass
@@ -64,7 +95,7 @@ class Totals:
 
 class TargetRuntime:
     def __init__(self, resolved: Resolved, paths: HostPaths, rules, max_threads: int,
-                 engine_interval_s: float = 10.0, live_points: int = 300):
+                 engine_interval_s: float = 10.0, live_points: int = 300, fd_budget=None):
         self.resolved = resolved
         # Above max_threads the agent reads slices sized to cover the list every
         # THREAD_PASS_SWEEPS samples (not max_threads every sample) and lists task/ every
@@ -73,7 +104,8 @@ class TargetRuntime:
         self.sampler = TargetSampler(paths, resolved.pid, max_threads=max_threads,
                                      thread_pass_sweeps=THREAD_PASS_SWEEPS,
                                      thread_relist_every=THREAD_RELIST_EVERY,
-                                     thread_switches_every_capped=THREAD_SWITCHES_EVERY_CAPPED)
+                                     thread_switches_every_capped=THREAD_SWITCHES_EVERY_CAPPED,
+                                     fd_budget=fd_budget)
         self.static = self.sampler.static()          # raises TargetNotFound
         if self.static.identity.start_ticks != resolved.start_ticks:
             self.sampler.close()
@@ -91,6 +123,7 @@ class TargetRuntime:
         self.engine_batch = None
         self.engine_stale_after_s = 3 * engine_interval_s
         self.totals = Totals()
+        self.pool_names = PoolNames()
         self.last_tick: Tick | None = None
         self.previous_tick: Tick | None = None
         self.live = LiveHistory(live_points)   # the live page's recent intervals
@@ -169,8 +202,9 @@ class TargetRuntime:
             return self.monitor.evaluate(now, wall)
 
     def pools(self, max_pools: int) -> list[tuple[str, int, float | None]]:
-        """(pool, threads, CPU cores over the last interval), the busiest first; pools past
-        `max_pools` are folded into "other" so the label set stays bounded."""
+        """(pool, threads, CPU cores over the last interval), the busiest first, "other" last;
+        which pools are named is `PoolNames`' choice, so the label set stays bounded and
+        stable."""
         tick, before = self.last_tick, self.previous_tick
         sweep = tick.data("threads") if tick else None
         if sweep is None:
@@ -183,20 +217,21 @@ class TargetRuntime:
         hz = self.static.hz
         pools: dict[str, list] = {}
         for thread in sweep.threads:
-            pool = pool_of(thread.name)
-            entry = pools.setdefault(pool, [0, 0.0])
+            # A label must come from a bounded set: per-request thread names ("short_4660")
+            # would each become a series, so the masked name is the pool.
+            entry = pools.setdefault(pool_of(thread.name), [0, 0.0])
             entry[0] += 1
             old = earlier.get((thread.tid, thread.start_ticks))
             if old is not None and span > 0:
                 entry[1] += max(0, thread.utime + thread.stime - old.utime - old.stime) / hz / span
-        rows = []
+        labels = self.pool_names.assign({pool: entry[0] for pool, entry in pools.items()},
+                                        tick.mono_ts, max_pools)
+        merged: dict[str, list] = {}
         for pool, (count, cores) in pools.items():
-            # A label must come from a bounded set: per-request thread names ("short_4660")
-            # would each become a series, so the masked name is the label.
-            rows.append((pool, count, cores if span > 0 else None))
-        rows.sort(key=lambda r: (-(r[2] or 0), -r[1]))
-        if len(rows) > max_pools:
-            head, tail = rows[:max_pools - 1], rows[max_pools - 1:]
-            other_cores = sum(r[2] or 0 for r in tail) if span > 0 else None
-            rows = head + [("other", sum(r[1] for r in tail), other_cores)]
+            entry = merged.setdefault(labels[pool], [0, 0.0])
+            entry[0] += count
+            entry[1] += cores
+        rows = [(label, count, cores if span > 0 else None)
+                for label, (count, cores) in merged.items()]
+        rows.sort(key=lambda r: (r[0] == OTHER_POOL, -(r[2] or 0), -r[1]))
         return rows

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 
 from dsmon.collectors.process import decode_comm
+from dsmon.fdbudget import FdBudget
 from dsmon.paths import HostPaths
 from dsmon.sources import Denied, Gone, Missing, list_dir, translate
 
@@ -99,19 +99,6 @@ def parse_switches(raw: bytes) -> tuple[int | None, int | None]:
     return grab(_VOLUNTARY), grab(_INVOLUNTARY)
 
 
-def default_fd_budget() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and hard != resource.RLIM_INFINITY and soft < hard:
-        try:  # a monitor holding descriptors open for speed should use its full allowance
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
-    # Two descriptors per thread read every sweep, for up to 10,000 threads, within the limit.
-    return max(0, min(limit - 256, 2 * 10_000 + 4096))
-
-
 class ThreadSampler:
     """Samples every thread of one process; bounded in threads and in time per sweep.
 
@@ -126,16 +113,18 @@ class ThreadSampler:
     name = "threads"
 
     def __init__(self, paths: HostPaths, pid: int, max_threads: int = 2048,
-                 time_budget_s: float = 0.5, fd_budget: int | None = None,
+                 time_budget_s: float = 0.5, fd_budget: int | FdBudget | None = None,
                  switches_every: int = 5, pass_sweeps: int | None = None,
                  relist_every: int = 1, switches_every_capped: int | None = None):
         self.paths = paths
         self.pid = pid
         self.max_threads = max_threads
         self.time_budget_s = time_budget_s
-        self.fd_budget = default_fd_budget() if fd_budget is None else fd_budget
+        # An agent passes its one budget, shared by every target; alone, a sampler has its own.
+        self.budget = fd_budget if isinstance(fd_budget, FdBudget) else FdBudget(fd_budget)
         self._fds: dict[int, list[int]] = {}
         self._open_fds = 0
+        self.fallback_reads = 0      # in the last sweep: reads past the budget (open/read/close)
         self._rotation = 0
         self._sweeps = 0
         self._read_at: dict[int, float] = {}   # tid -> when last read (or first listed)
@@ -163,6 +152,7 @@ class ThreadSampler:
                 if fd >= 0:
                     os.close(fd)
         self._fds.clear()
+        self.budget.give_back(self._open_fds)
         self._open_fds = 0
 
     def __del__(self):
@@ -178,6 +168,7 @@ class ThreadSampler:
             every = self.switches_every_capped if self._was_capped else self.switches_every
             read_switches = self._sweeps % every == 0
         self._sweeps += 1
+        self.fallback_reads = 0
         if self._listing is not None and self._since_listing < self.relist_every:
             # Reading slices: the listing of the previous sweep (listing task/ costs ~1 us a
             # thread in the kernel, ~10 ms at 10,000); threads that left since are found
@@ -267,6 +258,7 @@ class ThreadSampler:
                 + NO_SCHEDSTAT_HINT)
             for thread in threads:
                 thread.run_ns = thread.wait_ns = thread.timeslices = None
+        self.budget.count_fallback(self.fallback_reads)
         sweep.elapsed_s = time.perf_counter() - started
         return sweep
 
@@ -285,11 +277,16 @@ class ThreadSampler:
             self._forget(tid)
         return current
 
+    @property
+    def fd_budget(self) -> int:
+        return self.budget.capacity
+
     def _forget(self, tid: int) -> None:
         for fd in self._fds.pop(tid, ()):
             if fd >= 0:
                 os.close(fd)
                 self._open_fds -= 1
+                self.budget.give_back()
 
     def _open(self, tid: int, which: int) -> int:
         path = f"{self._task_dir}/{tid}/{FILES[which]}"
@@ -306,10 +303,14 @@ class ThreadSampler:
         if fd < 0:
             # stat and schedstat are read every sweep and may use the whole budget; status and
             # wchan (every few sweeps) only its first half, so they never crowd the others out.
-            limit = self.fd_budget if which in (STAT, SCHEDSTAT) else self.fd_budget // 2
-            if self._open_fds >= limit:
+            if not self.budget.take(1.0 if which in (STAT, SCHEDSTAT) else 0.5):
+                self.fallback_reads += 1
                 return self._read_once(tid, which)
-            fd = fds[which] = self._open(tid, which)
+            try:
+                fd = fds[which] = self._open(tid, which)
+            except BaseException:
+                self.budget.give_back()
+                raise
             self._open_fds += 1
         try:
             return os.pread(fd, 4096, 0)
