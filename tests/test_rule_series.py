@@ -3,7 +3,6 @@ doubled, counted against the cap) and the findings families rendered for every l
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -48,7 +47,7 @@ def test_every_loaded_rule_starts_at_zero_per_target_and_firing_replaces_it():
     rules = load_rules()
     out = MetricsBuilder(max_series=50_000)
     for label in ("vllm", "svc"):
-        render_rule_series(out, SimpleNamespace(label=label, monitor=SimpleNamespace(rules=rules)))
+        render_rule_series(out, rules, label)
     first = rules[0]
     render_findings(out, {(first.id, first.severity, "vllm")}, {(first.id, first.severity, "vllm"): 2})
     text = exposition(out)

@@ -21,7 +21,7 @@ from prometheus_client.exposition import generate_latest
 from dsmon import __version__
 from dsmon.agent.live import live_page
 from dsmon.agent.render import (render_exits, render_findings, render_gpus, render_host,
-                                render_target)
+                                render_rule_series, render_target)
 from dsmon.sinks.http import SiteView
 from dsmon.sinks.prometheus import MetricsBuilder
 
@@ -31,9 +31,6 @@ log = logging.getLogger("dsmon.agent")
 # each): 50 concurrent scrapers cost 20 renderings a second, not one per scrape, and an age
 # read from them is at most this much older than the scrape.
 SELF_METRICS_REUSE_S = 0.05
-# A target that was OOM-killed is gone, so no rule can fire on it any more: the agent itself
-# reports `oom-killed` for its label this long (like the rule's keep_firing_for).
-OOM_KILLED_HOLD_S = 60.0
 _TARGET_UP = "dsmon_target_up"
 
 
@@ -97,16 +94,18 @@ class Publisher:
                     active |= {(f.rule_id, f.severity, runtime.label)
                                for f in current if f.state == "firing"}
                     targets.append(self._target_document(runtime, current))
-            now = time.monotonic()
-            for label, when in list(sampling.oom_killed.items()):
-                if now - when <= OOM_KILLED_HOLD_S:
-                    active.add(("oom-killed", "critical", label))
-                else:
-                    del sampling.oom_killed[label]
+            for runtime in sampling.retired:      # gone, with findings still active
+                with runtime.lock:
+                    current = runtime.monitor.engine.current()
+                    active |= {(f.rule_id, f.severity, runtime.label)
+                               for f in current if f.state == "firing"}
+                    targets.append(self._target_document(runtime, current))
             snapshot = sampling.gpu_snapshot
             if snapshot is not None:
                 render_gpus(out, snapshot, {r.resolved.pid: r.label
                                             for r in sampling.targets.values()})
+                # The host's rules (GPU health) start at 0 once there are GPUs to watch.
+                render_rule_series(out, sampling.host_monitor.rules, "host")
             active |= {(f.rule_id, f.severity, "host")
                        for f in sampling.host_monitor.engine.current() if f.state == "firing"}
             render_findings(out, active, sampling.fired)
@@ -114,8 +113,6 @@ class Publisher:
             captures = sampling.captures
             findings = {
                 "dsmon_version": __version__, "generated_at": time.time(), "targets": targets,
-                "oom_killed_seconds_ago": {label: round(now - when, 1)
-                                           for label, when in sampling.oom_killed.items()},
                 "unresolved": dict(sampling.resolver.problems),
                 "captures": {"directory": captures.directory,
                              "problem": captures.problem or None,

@@ -59,7 +59,7 @@ def render_target(out: MetricsBuilder, runtime, max_pools: int) -> None:
               1, target=label, comm=identity.comm, engine=runtime.monitor.engine_name,
               cgroup=runtime.static.cgroup_layout.cgroup_path or "")
     render_engine(out, runtime)
-    render_rule_series(out, runtime)
+    render_rule_series(out, runtime.monitor.rules, runtime.label)
     if tick is None:
         return
     process = tick.data("process")
@@ -188,13 +188,13 @@ def render_engine(out: MetricsBuilder, runtime) -> None:
                   value, target=label, state=state)
 
 
-def render_rule_series(out: MetricsBuilder, runtime) -> None:
+def render_rule_series(out: MetricsBuilder, rules, label: str) -> None:
     """Both findings families at 0 for every rule loaded for the target, before anything
     fires: increase(dsmon_findings_fired_total[..]) then counts the first fire (a counter born
     at 1 has no increase), and a rule that never fired reads 0 rather than absent.
     render_findings later replaces the zeros of what fired."""
-    for rule in runtime.monitor.rules:
-        labels = dict(rule_id=rule.id, severity=rule.severity, target=runtime.label)
+    for rule in rules:
+        labels = dict(rule_id=rule.id, severity=rule.severity, target=label)
         out.gauge("dsmon_finding_active", FINDING_ACTIVE_HELP, 0, initial=True, **labels)
         out.counter("dsmon_findings_fired", FINDINGS_FIRED_HELP, 0, initial=True, **labels)
 

@@ -153,7 +153,7 @@ class TargetRuntime:
             tick.batches["engine"] = engine
         if tick.target_gone and not self.gone:
             self.gone = tick.target_gone
-            self.exit_reason = self._why_it_exited()
+            self.exit_reason = self._why_it_exited(tick)
         sweep = tick.data("threads")
         if sweep is not None:
             self.totals.update(sweep)
@@ -164,13 +164,16 @@ class TargetRuntime:
                 self.live.add(self.previous_tick, tick, self.monitor.last_values)
         return tick
 
-    def _why_it_exited(self) -> str:
-        """"oom_killed" when the cgroup's OOM-kill count rose since the last sample."""
+    def _why_it_exited(self, tick) -> str:
+        """"oom_killed" when the cgroup's OOM-kill count rose since the last sample. The new
+        count goes into the target's features at the time of its death, so the `oom-killed`
+        rule (a rise of `oom_kills` in its window) fires for it like for any survivor."""
         before = self.last_tick.data("cgroup") if self.last_tick is not None else None
         after = self.sampler.cgroup_sample()
         if before is not None and after is not None and after.ok and \
                 before.oom_kills is not None and after.data.oom_kills is not None and \
                 after.data.oom_kills > before.oom_kills:
+            self.monitor.record_values(tick.mono_ts, {"oom_kills": after.data.oom_kills})
             return "oom_killed"
         return "exited"
 

@@ -57,7 +57,11 @@ class Sampling:
         self.collector_started: dict[str, float] = {}
         self.fired: dict[tuple[str, str, str], int] = {}      # (rule_id, severity, target)
         self.exits: dict[tuple[str, str], int] = {}           # (target, reason)
-        self.oom_killed: dict[str, float] = {}                # target -> when (monotonic)
+        # Targets that are gone but still have findings (the OOM killer's victim: its
+        # `oom-killed` finding fires after its death and holds for the rule's window and
+        # keep_firing_for): their rules are evaluated and published until nothing is active,
+        # even after a new process took the label.
+        self.retired: list[TargetRuntime] = []
         self.captures = CaptureStore(config.captures)
         self.stacks = AgentStacks(config.stacks, self.paths, config.captures.pyspy_path)
         self.on_change = lambda: None
@@ -76,6 +80,7 @@ class Sampling:
             for runtime in self.targets.values():
                 runtime.close()
             self.targets.clear()
+            self.retired.clear()
 
     def runtimes(self) -> list[TargetRuntime]:
         with self.lock:
@@ -101,6 +106,9 @@ class Sampling:
                                  runtime.gone or "no longer found")
                     runtime.close()
                     del self.targets[label]
+                    if runtime.gone and runtime.monitor.engine.active:
+                        self.retired.append(runtime)
+            self.retired = [r for r in self.retired if r.monitor.engine.active]
             for label, resolved in wanted.items():
                 if label in self.targets:
                     continue
@@ -189,9 +197,6 @@ class Sampling:
                 key = (runtime.label, runtime.exit_reason)
                 self.exits[key] = self.exits.get(key, 0) + 1
                 if runtime.exit_reason == "oom_killed":
-                    self.oom_killed[runtime.label] = time.monotonic()
-                    fired = ("oom-killed", "critical", runtime.label)
-                    self.fired[fired] = self.fired.get(fired, 0) + 1
                     log.warning("target %s (pid %d) was killed by the OOM killer in its cgroup",
                                 runtime.label, runtime.resolved.pid)
                 else:
@@ -202,7 +207,9 @@ class Sampling:
     def evaluate_rules(self) -> None:
         now, wall = time.monotonic(), time.time()
         changed = False
-        for runtime in self.runtimes():
+        with self.lock:
+            retired = list(self.retired)
+        for runtime in self.runtimes() + retired:
             transitions = runtime.evaluate(now, wall)
             changed |= bool(transitions)
             for finding in self._count_transitions(transitions, runtime.label):

@@ -78,6 +78,10 @@ class RuleMonitor:
         self.store.add(tick.mono_ts, values)
         return True
 
+    def record_values(self, mono_ts: float, values: dict) -> None:
+        """Feature values measured outside a tick (a gone target's last OOM-kill count)."""
+        self.store.add(mono_ts, values)
+
     def evaluate(self, now: float, wall: float) -> list[tuple[Finding, str]]:
         changed = self.engine.evaluate(self.store, now, wall, self.extractor.context)
         for finding, state in changed:
