@@ -302,7 +302,7 @@ def test_allowed_empty_panels_exist_and_are_documented():
 def _exported_metric_patterns() -> list[re.Pattern]:
     """The families the agent writes, from its source (counters get _total)."""
     patterns = []
-    for source in (REPO / "dsmon" / "agent" / "render.py", REPO / "dsmon" / "agent" / "daemon.py"):
+    for source in sorted((REPO / "dsmon" / "agent").glob("*.py")):
         text = source.read_text(encoding="utf-8")
         counters = set(re.findall(r'out\.counter\(\s*f?"(dsmon_[a-z0-9_{}]+)"', text))
         # Every literal family name: direct out.gauge/out.counter calls and the (feature,
@@ -379,13 +379,14 @@ def live(tmp_path_factory):
     directory = tmp_path_factory.mktemp("dashboards-stack")
     omp = dict(os.environ, OMP_NUM_THREADS="8")
     # Agent 0: a process growing 0.5 MiB/s in a 256 MiB cgroup (limit, headroom, time to the
-    # limit ~8 min: oom-risk-warning) and one asking for 8 OpenMP threads on 2 cores
-    # (thread-oversubscription), answering NVML from the 2x H200 recording (the GPU row).
+    # limit ~8 min: oom-risk-warning) and one running 4 GIL-releasing hashing threads on 2
+    # cores (thread-oversubscription: OMP_NUM_THREADS alone is no finding without an OpenMP
+    # runtime loaded), answering NVML from the 2x H200 recording (the GPU row).
     # Agents 1 and 2: healthy services.
     with PrometheusStack(directory, agents=3, alertmanager=False) as stack, \
             memory_cgroup(256 * MIB, prefix="dsmon-dash") as group, \
             group.workload("grow", "--rate-mib", "0.5") as grower, \
-            workload("threads", "--busy", "1", "--idle", "3", env=omp) as llm, \
+            workload("threads", "--busy", "4", "--idle", "3", env=omp) as llm, \
             workload("threads", "--busy", "1", "--idle", "3") as svc_b, \
             workload("threads", "--busy", "1", "--idle", "3") as svc_c:
         rich_pids = {"mem": grower.pid, "llm": llm.pid}
