@@ -416,14 +416,15 @@ def run_soak(duration: float = 480.0, interval: float = 1.0, warmup: float | Non
              threads: int = 512, churn: float = 0.05, scrape_every: float = 1.0,
              record_every: float = 10.0, log_dir: str | os.PathLike | None = None,
              progress=None, max_threads: int | None = None,
-             stacks_window: float | None = None) -> SoakResult:
+             stacks_window: float | None = None, stacks: bool = True) -> SoakResult:
     """Run the agent against the churn target for `duration` seconds and judge it.
 
     `progress(text)` is called with each table row as it is recorded (None: quiet).
     `max_threads` sets the agent's `[agent] max_threads` (threads read per sweep) through a
     config file: below the target's thread count every sweep is truncated (rotating window).
     `stacks_window` sets `[stacks] window`: the py-spy profile fills for that long, so a warm-up
-    shorter than it reads the filling as growth (the default window is 30 s)."""
+    shorter than it reads the filling as growth (the default window is 30 s); `stacks=False`
+    turns the agent's py-spy sampler off."""
     warmup = default_warmup(duration) if warmup is None else warmup
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     host = host_facts()
@@ -439,7 +440,9 @@ def run_soak(duration: float = 480.0, interval: float = 1.0, warmup: float | Non
         target = start_churn_target(threads, churn)
         port = free_port()
         config = (f"[agent]\nmax_threads = {max_threads}\n" if max_threads is not None else "") \
-            + (f'[stacks]\nwindow = "{stacks_window:g}s"\n' if stacks_window is not None else "")
+            + ("[stacks]\n" if stacks_window is not None or not stacks else "") \
+            + (f'window = "{stacks_window:g}s"\n' if stacks_window is not None else "") \
+            + ("enabled = false\n" if not stacks else "")
         agent = start_agent(port, (f"{TARGET_LABEL}=pid:{target.pid}",), interval, log_path,
                             config_text=config or None)
         url = f"http://127.0.0.1:{port}"
