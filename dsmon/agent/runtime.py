@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from dsmon.agent.live import LiveHistory
 from dsmon.agent.targets import Resolved
-from dsmon.features.threads import pool_of
+from dsmon.features.threads import pool_usage
 from dsmon.engine.monitor import RuleMonitor
 from dsmon.engine_metrics import EngineScraper, find_endpoint
 from dsmon.model import run_collector
@@ -212,28 +212,18 @@ class TargetRuntime:
         sweep = tick.data("threads") if tick else None
         if sweep is None:
             return []
-        earlier = {}
-        span = 0.0
-        if before is not None and before.data("threads") is not None:
-            earlier = {(t.tid, t.start_ticks): t for t in before.data("threads").threads}
-            span = tick.mono_ts - before.mono_ts
-        hz = self.static.hz
-        pools: dict[str, list] = {}
-        for thread in sweep.threads:
-            # A label must come from a bounded set: per-request thread names ("short_4660")
-            # would each become a series, so the masked name is the pool.
-            entry = pools.setdefault(pool_of(thread.name), [0, 0.0])
-            entry[0] += 1
-            old = earlier.get((thread.tid, thread.start_ticks))
-            if old is not None and span > 0:
-                entry[1] += max(0, thread.utime + thread.stime - old.utime - old.stime) / hz / span
-        labels = self.pool_names.assign({pool: entry[0] for pool, entry in pools.items()},
+        sweep_before = before.data("threads") if before is not None else None
+        span = tick.mono_ts - before.mono_ts if sweep_before is not None else 0.0
+        # A label must come from a bounded set: per-request thread names ("short_4660") would
+        # each become a series, so the masked name is the pool.
+        pools = pool_usage(sweep_before, sweep, self.static.hz, span)
+        labels = self.pool_names.assign({pool: count for pool, (count, _) in pools.items()},
                                         tick.mono_ts, max_pools)
         merged: dict[str, list] = {}
         for pool, (count, cores) in pools.items():
             entry = merged.setdefault(labels[pool], [0, 0.0])
             entry[0] += count
-            entry[1] += cores
+            entry[1] += cores or 0.0
         rows = [(label, count, cores if span > 0 else None)
                 for label, (count, cores) in merged.items()]
         rows.sort(key=lambda r: (r[0] == OTHER_POOL, -(r[2] or 0), -r[1]))

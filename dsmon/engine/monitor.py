@@ -24,8 +24,31 @@ class Transition:
     state: str
 
 
+class _Evaluating:
+    """What both monitors do with their engine: evaluate, keep the transitions, answer."""
+
+    engine: Engine
+    store: FeatureStore
+    transitions: deque
+
+    def _evaluate(self, now: float, wall: float, context: dict) -> list[tuple[Finding, str]]:
+        changed = self.engine.evaluate(self.store, now, wall, context)
+        for finding, state in changed:
+            self.transitions.append(Transition(now, finding.rule_id, finding.severity, state))
+        return changed
+
+    def findings(self) -> list[Finding]:
+        """Active findings, then those resolved during the window; most severe first."""
+        resolved = sorted(self.engine.history, key=lambda f: -SEVERITY_RANK[f.severity])
+        return self.engine.current() + resolved
+
+    def worst_firing(self) -> str | None:
+        firing = [f.severity for f in self.engine.current() if f.state == "firing"]
+        return max(firing, key=SEVERITY_RANK.get) if firing else None
+
+
 @dataclass
-class RuleMonitor:
+class RuleMonitor(_Evaluating):
     static: object
     rules: list[Rule]
     transitions: deque = field(default_factory=lambda: deque(maxlen=TRANSITIONS_LIMIT))
@@ -83,21 +106,11 @@ class RuleMonitor:
         self.store.add(mono_ts, values)
 
     def evaluate(self, now: float, wall: float) -> list[tuple[Finding, str]]:
-        changed = self.engine.evaluate(self.store, now, wall, self.extractor.context)
-        for finding, state in changed:
-            self.transitions.append(Transition(now, finding.rule_id, finding.severity, state))
-        return changed
-
-    def findings(self) -> list[Finding]:
-        """Active findings, then those resolved during the window; most severe first."""
-        return ordered_findings(self.engine)
-
-    def worst_firing(self) -> str | None:
-        return worst_firing(self.engine)
+        return self._evaluate(now, wall, self.extractor.context)
 
 
 @dataclass
-class HostRuleMonitor:
+class HostRuleMonitor(_Evaluating):
     """The host's rules (`subject: host`: GPU health) over time, one per agent or diagnose run:
     a lost GPU is one finding, whichever processes use it."""
 
@@ -123,23 +136,4 @@ class HostRuleMonitor:
         values = self.gpu_health.update(snapshot)
         self.store.add(now, values)
         self.context.update(self.gpu_health.context)
-        changed = self.engine.evaluate(self.store, now, wall, self.context)
-        for finding, state in changed:
-            self.transitions.append(Transition(now, finding.rule_id, finding.severity, state))
-        return changed
-
-    def findings(self) -> list[Finding]:
-        return ordered_findings(self.engine)
-
-    def worst_firing(self) -> str | None:
-        return worst_firing(self.engine)
-
-
-def ordered_findings(engine: Engine) -> list[Finding]:
-    resolved = sorted(engine.history, key=lambda f: -SEVERITY_RANK[f.severity])
-    return engine.current() + resolved
-
-
-def worst_firing(engine: Engine) -> str | None:
-    firing = [f.severity for f in engine.current() if f.state == "firing"]
-    return max(firing, key=SEVERITY_RANK.get) if firing else None
+        return self._evaluate(now, wall, self.context)

@@ -51,10 +51,14 @@ def pool_usage(sweep_before, sweep, hz: int,
     """Per pool: (threads in `sweep`, CPU cores over the interval; None without an earlier
     sweep to compare with)."""
     pools: dict[str, list] = {}
+    pool_by_name: dict[str, str] = {}     # names repeat across a pool: mask each one once
     for thread in sweep.threads:
-        pools.setdefault(pool_of(thread.name), [0, 0.0])[0] += 1
+        pool = pool_by_name.get(thread.name)
+        if pool is None:
+            pool = pool_by_name[thread.name] = pool_of(thread.name)
+        pools.setdefault(pool, [0, 0.0])[0] += 1
     comparable = sweep_before is not None and span_s > 0
     if comparable:
         for thread, _, cores in thread_deltas(sweep_before, sweep, hz, span_s):
-            pools[pool_of(thread.name)][1] += cores
+            pools[pool_by_name[thread.name]][1] += cores
     return {pool: (count, cores if comparable else None) for pool, (count, cores) in pools.items()}

@@ -7,14 +7,9 @@ and counts it. Labels come from bounded sets; pids and tids are never labels.
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import CollectorRegistry
-
-log = logging.getLogger("dsmon.metrics")
 
 
 @dataclass
@@ -78,25 +73,3 @@ class MetricsBuilder:
     def build(self) -> list:
         return [family.build() for family in self.families.values() if family.samples]
 
-
-class Exposition:
-    """The registry's one collector: returns the latest families, plus self metrics computed
-    at scrape time from timestamps only. It never raises into prometheus_client (a raising
-    collector turns the whole page into an HTTP 500)."""
-
-    def __init__(self, self_metrics):
-        self._families: list = []
-        self._self_metrics = self_metrics
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
-
-    def publish(self, families: list) -> None:
-        self._families = families  # one reference swap: scrapes see old or new, never half
-
-    def collect(self):
-        families = self._families
-        yield from families
-        try:
-            yield from self._self_metrics(time.monotonic())
-        except Exception:  # noqa: BLE001 - keep the page up, say so in the log
-            log.exception("self metrics failed; serving the sampled families only")
