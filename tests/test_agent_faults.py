@@ -267,7 +267,9 @@ def test_many_scrapers_and_slow_clients(tmp_path):
     assert errors == [], errors[:5]
     assert threads_after <= threads_before + 2, (threads_before, threads_after)
     assert len(latencies) >= 200
-    assert p95 < 1.0 and max(latencies) < 5.0
+    # bench/serve_load.py (5 client processes) measures p99 17-21 ms; one client process (its
+    # GIL) measures ~50 ms here. The starved-accept defect measured p50 ~220 ms.
+    assert p99 < 0.2 and max(latencies) < 2.0
     assert closed == len(slow), f"{closed} of {len(slow)} idle clients closed"
 
 
