@@ -69,8 +69,10 @@ HINT_GIL = "hint:gil"
 EXITED = "report:exited"
 KERNEL_THREAD_NAMED = "report:kernel-thread-named"
 CGROUP_MEMORY_AS_OWN = "report:cgroup-memory-as-own"
+# Two rules naming the same cause (their `cause:`) firing at the same time: never expected.
+CAUSE_NAMED_TWICE = "report:cause-named-twice"
 REPORT_CELLS = (ANY_CONTENTION, HINT_TORCH, HINT_GIL, EXITED, KERNEL_THREAD_NAMED,
-                CGROUP_MEMORY_AS_OWN)
+                CGROUP_MEMORY_AS_OWN, CAUSE_NAMED_TWICE)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ class Scenario:
 
 def _quiet_defaults(rule_ids: list[str]) -> dict[str, Expect]:
     """What no scenario here creates: no GPU, one NUMA node, no CPU quota, no OOM kill."""
-    expected = {}
+    expected = {CAUSE_NAMED_TWICE: Expect(MUST_NOT, "one cause, one finding: rules that name "
+                                                   "the same cause inhibit each other")}
     for rule_id in rule_ids:
         if rule_id.startswith("gpu-"):
             expected[rule_id] = Expect(MUST_NOT, "no GPU in any scenario")
@@ -385,6 +388,30 @@ def _strings(value):
             yield from _strings(item)
 
 
+def cause_named_twice(report: dict) -> bool:
+    """Whether two findings of one subject naming the same cause were firing at once, at any
+    transition of the window or at its end."""
+    causes = {rule.id: rule.cause for rule in load_rules() if rule.cause}
+    firing: set[str] = set()
+
+    def twice(rule_ids) -> bool:
+        named = [causes[r] for r in rule_ids if r in causes]
+        return len(named) != len(set(named))
+
+    for event in report["finding_transitions"]:
+        if event["state"] == "firing":
+            firing.add(event["rule_id"])
+        else:
+            firing.discard(event["rule_id"])
+        if twice(firing):
+            return True
+    for subject in {f.get("subject") for f in report["findings"]}:
+        if twice([f["rule_id"] for f in report["findings"]
+                  if f["state"] == "firing" and f.get("subject") == subject]):
+            return True
+    return False
+
+
 def observed(report: dict) -> dict[str, str]:
     """Per cell what happened: "firing" (reached firing in the window), "pending" (only
     pending) or "none"; report checks give "yes" or "none"."""
@@ -409,6 +436,7 @@ def observed(report: dict) -> dict[str, str]:
                                                for text in strings) else "none"
     cgroup = (report["target"].get("memory") or {}).get("cgroup") or {}
     states[CGROUP_MEMORY_AS_OWN] = "yes" if cgroup.get("usage_bytes") is not None else "none"
+    states[CAUSE_NAMED_TWICE] = "yes" if cause_named_twice(report) else "none"
     return states
 
 

@@ -545,6 +545,8 @@ def rules_explain(rule_id, rule_paths):
     click.echo(f"  {rule.description}")
     click.echo(f"  fires after the condition holds for {rule.for_s:g}s; stays firing "
                f"{rule.keep_firing_for_s:g}s after it clears; subject: {rule.subject}")
+    if rule.cause:
+        click.echo(f"  cause named: {rule.cause}")
     if rule.inhibits:
         click.echo(f"  explains away (inhibits): {', '.join(rule.inhibits)}")
     inhibitors = inhibited_by(loaded).get(rule.id)

@@ -376,6 +376,10 @@ def test_a_target_killed_by_the_oom_killer_is_reported(tmp_path):
                           severity="critical", target="grower") == 1
             assert metric(body, "dsmon_findings_fired_total", rule_id="oom-killed",
                           target="grower") >= 1
+            # One cause, one finding: the kill ends the risk that warned of it.
+            for severity in ("critical", "warning"):
+                assert metric(body, "dsmon_finding_active", rule_id=f"oom-risk-{severity}",
+                              severity=severity, target="grower") in (None, 0)
             assert '"grower"' in get(url + "/findings")
             # The zombie (not reaped yet) is not followed again as a live target.
             time.sleep(1.5)

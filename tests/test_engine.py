@@ -518,6 +518,84 @@ def test_inhibition_cycles_are_load_errors(tmp_path):
     assert "inhibition cycle x-a -> x-b -> x-c -> x-a" in "\n".join(caught.value.problems)
 
 
+def test_two_rules_naming_one_cause_must_inhibit_each_other(tmp_path):
+    rule = "  - {{id: {0}, severity: warning, cause: {1}, summary: s, hint: h{2}, " \
+           "when: {{feature: cpu_cores, op: '>', value: 1}}}}\n"
+    (tmp_path / "twice.yaml").write_text("rules:\n" + rule.format("quota-a", "cpu-quota", "")
+                                         + rule.format("quota-b", "cpu-quota", ""))
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([tmp_path / "twice.yaml"], include_builtin=False)
+    problems = "\n".join(caught.value.problems)
+    assert "rule quota-b: names the cause 'cpu-quota' as rule quota-a does" in problems
+    # Inhibition settles it; a chain would not (an inhibited rule inhibits nothing), and a
+    # disabled rule takes no part.
+    (tmp_path / "twice.yaml").write_text("rules:\n"
+                                         + rule.format("quota-a", "cpu-quota", ", inhibits: [quota-b]")
+                                         + rule.format("quota-b", "cpu-quota", ""))
+    assert [r.cause for r in load_rules([tmp_path / "twice.yaml"], include_builtin=False)] == \
+        ["cpu-quota", "cpu-quota"]
+    (tmp_path / "chain.yaml").write_text(
+        "rules:\n" + rule.format("c-a", "io-blocking", ", inhibits: [c-b]")
+        + rule.format("c-b", "io-blocking", ", inhibits: [c-c]")
+        + rule.format("c-c", "io-blocking", ""))
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([tmp_path / "chain.yaml"], include_builtin=False)
+    assert "rule c-c: names the cause 'io-blocking' as rule c-a does" in \
+        "\n".join(caught.value.problems)
+    (tmp_path / "off.yaml").write_text("disable: [c-c]\n")
+    assert len(load_rules([tmp_path / "chain.yaml", tmp_path / "off.yaml"],
+                          include_builtin=False)) == 2
+    (tmp_path / "bad.yaml").write_text("rules:\n" + rule.format("bad-cause", "'CPU quota'", ""))
+    with pytest.raises(RuleLoadError) as caught:
+        load_rules([tmp_path / "bad.yaml"], include_builtin=False)
+    assert "cause 'CPU quota' must be lower-case words" in "\n".join(caught.value.problems)
+
+
+def test_every_builtin_rule_names_its_cause_once():
+    rules = load_rules()
+    assert all(rule.cause for rule in rules), [r.id for r in rules if not r.cause]
+    by_cause: dict[str, list[str]] = {}
+    for rule in rules:
+        by_cause.setdefault(rule.cause, []).append(rule.id)
+    # The pairs that used to fire together for one cause, now one finding each.
+    assert set(by_cause["cpu-quota"]) == {"cpu-throttling", "cpu-fluctuation-throttling"}
+    assert set(by_cause["io-blocking"]) == {"io-stall", "cpu-fluctuation-io"}
+    assert set(by_cause["numa-placement"]) == {"gpu-numa-mismatch", "numa-misplacement",
+                                               "numa-spread"}
+
+
+def _run_builtin(samples: list[dict], rule_ids: set[str]) -> Engine:
+    engine = Engine([r for r in load_rules() if r.id in rule_ids])
+    store = FeatureStore(60)
+    for second, values in enumerate(samples):
+        store.add(float(second), values)
+        engine.evaluate(store, float(second), 1000.0 + second, {"comm": "srv"})
+    return engine
+
+
+def test_a_throttled_swinging_target_gets_one_quota_finding_that_shows_the_swing():
+    # Half a core, load switching on and off: 20% of the time throttled, the CPU swinging
+    # between 0 and the quota (the real scenario: tests/test_scenarios_cpu.py).
+    samples = [{"cpu_throttled_ratio": 0.2, "cpu_cores": 0.5 if s % 4 < 2 else 0.05,
+                "cpu_utilisation_ratio": 1.0 if s % 4 < 2 else 0.1, "cpu_quota_cores": 0.5,
+                "runnable_waiting_ratio": 0.7, "run_queue_wait_seconds_per_second": 0.5}
+               for s in range(12)]
+    engine = _run_builtin(samples, {"cpu-throttling", "cpu-fluctuation-throttling",
+                                    "cpu-fluctuation-contention", "cpu-fluctuation-unexplained"})
+    firing = {f.rule_id: f for f in engine.current() if f.state == "firing"}
+    assert set(firing) == {"cpu-throttling"}, engine.current()
+    summary = firing["cpu-throttling"].summary
+    assert "0.50 cores" in summary and "20%" in summary, summary
+    assert "peaked at 0.5" in summary and "varied by" in summary, summary
+    assert firing["cpu-throttling"].as_dict()["cause"] == "cpu-quota"
+    # Throttled less than cpu-throttling's 10%, the swing's own rule names the quota alone.
+    light = [dict(sample, cpu_throttled_ratio=0.06) for sample in samples]
+    engine = _run_builtin(light, {"cpu-throttling", "cpu-fluctuation-throttling",
+                                  "cpu-fluctuation-contention", "cpu-fluctuation-unexplained"})
+    assert {f.rule_id for f in engine.current() if f.state == "firing"} == \
+        {"cpu-fluctuation-throttling"}
+
+
 def test_fit_r2_tells_steady_growth_from_noise():
     steady = [(float(t), 1000.0 + 50 * t) for t in range(10)]
     noise = [(float(t), 1000.0 + (37 * t * t) % 11) for t in range(10)]

@@ -148,12 +148,14 @@ class Finding:
     last_true: float | None = None
     capture: str | None = None
     inhibited_by: str | None = None     # set when another rule's cause ended this one
+    cause: str | None = None            # the rule's `cause`
 
     def as_dict(self, start_mono: float | None = None) -> dict:
         def rel(value):
             return None if value is None or start_mono is None else round(value - start_mono, 3)
         return {"rule_id": self.rule_id, "severity": self.severity, "state": self.state,
-                "subject": self.subject, "summary": self.summary, "hint": self.hint,
+                "subject": self.subject, "cause": self.cause, "summary": self.summary,
+                "hint": self.hint,
                 # What held and supports the verdict; `none:` conditions that held are counter-
                 # evidence, listed only in evidence_all.
                 "evidence": [e.as_dict() for e in self.evidence if e.met and not e.negated],
@@ -287,7 +289,8 @@ class Engine:
                 hint = render(rule.hint_for(engine, runtime), values)
                 if finding is None:
                     finding = Finding(rule.id, rule.severity, "pending", context.get("target", ""),
-                                      summary, hint, evidence, now, wall, capture=rule.capture)
+                                      summary, hint, evidence, now, wall, capture=rule.capture,
+                                      cause=rule.cause)
                     self.active[rule.id] = finding
                     changed.append((finding, finding.state))
                 finding.summary, finding.hint, finding.evidence = summary, hint, evidence

@@ -34,7 +34,7 @@ MIN_POINTS = {"last": 1, "min": 1, "max": 1, "avg": 1, "count": 0, "stddev": 3, 
               "delta": 2, "slope": 3, "fit_r2": 3}
 
 RULE_KEYS = {"id", "severity", "summary", "hint", "hints", "when", "for", "keep_firing_for",
-             "window", "subject", "description", "capture", "doc", "inhibits"}
+             "window", "subject", "description", "capture", "doc", "inhibits", "cause"}
 LEAF_KEYS = {"feature", "agg", "window", "op", "value", "value_of", "min_points"}
 VALUE_OF_KEYS = {"feature", "agg", "factor", "offset"}
 GROUP_KEYS = ("all", "any", "none")
@@ -97,6 +97,9 @@ class Rule:
     # GIL-bound process is not also over-subscribed, a cgroup full of page cache is not at
     # OOM risk. One cause per symptom.
     inhibits: tuple[str, ...] = ()
+    # What the finding blames (a slug: cpu-quota, io-blocking, gil, ...). Rules of one subject
+    # that name the same cause must be ordered by `inhibits`, so a cause gives one finding.
+    cause: str | None = None
 
     def hint_for(self, engine: str, runtime: str = "") -> str:
         """The engine's own hint (torch advice is keyed `pytorch`, which the engine detector
@@ -232,11 +235,15 @@ class _Parser:
             inhibits = []
         elif rule_id in inhibits:
             self.fail(label, "a rule cannot inhibit itself")
+        cause = raw.get("cause")
+        if cause is not None and (not isinstance(cause, str) or not RULE_ID.match(cause)):
+            self.fail(label, f"cause {cause!r} must be lower-case words joined by '-', "
+                             "e.g. cpu-quota")
         if len(self.problems) > count:
             return None
         return Rule(rule_id, severity, raw["summary"].strip(), raw["hint"].strip(), when,
                     for_s, keep_s, subject, str(raw.get("description", "")).strip(),
-                    dict(hints), capture, self.source, tuple(inhibits))
+                    dict(hints), capture, self.source, tuple(inhibits), cause)
 
     def condition(self, raw, label: str, window_s: float, where: str):
         if not isinstance(raw, dict):
@@ -391,9 +398,11 @@ def load_rules(extra_paths=(), include_builtin: bool = True) -> list[Rule]:
     for rule_id in unknown_disabled:
         problems.append(f"disable: no rule with id {rule_id}")
     problems.extend(inhibition_problems(by_id))
+    loaded = [rule for rule_id, rule in by_id.items() if rule_id not in disabled]
+    problems.extend(shared_cause_problems(loaded))
     if problems:
         raise RuleLoadError(problems)
-    return [rule for rule_id, rule in by_id.items() if rule_id not in disabled]
+    return loaded
 
 
 def inhibition_problems(by_id: dict[str, Rule]) -> list[str]:
@@ -418,6 +427,27 @@ def inhibition_problems(by_id: dict[str, Rule]) -> list[str]:
     for rule_id in by_id:
         if rule_id not in state:
             visit(rule_id, [rule_id])
+    return problems
+
+
+def shared_cause_problems(rules: list[Rule]) -> list[str]:
+    """Two rules of one subject that blame the same cause, neither inhibiting the other: both
+    would fire for it (a throttled, swinging process would read as two quota problems).
+    Inhibition only works directly (an inhibited rule is not firing, so it inhibits nothing),
+    hence every pair needs its own `inhibits` entry, not a chain."""
+    by_cause: dict[tuple[str, str], list[Rule]] = {}
+    for rule in rules:
+        if rule.cause is not None:
+            by_cause.setdefault((rule.subject, rule.cause), []).append(rule)
+    problems = []
+    for (_, cause), group in by_cause.items():
+        for index, first in enumerate(group):
+            for second in group[index + 1:]:
+                if second.id not in first.inhibits and first.id not in second.inhibits:
+                    problems.append(
+                        f"{second.source}: rule {second.id}: names the cause {cause!r} as rule "
+                        f"{first.id} does ({first.source}), and neither inhibits the other: "
+                        f"list one under the other's `inhibits` (one cause, one finding)")
     return problems
 
 
