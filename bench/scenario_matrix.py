@@ -595,13 +595,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="regex: run only matching scenario ids")
     parser.add_argument("--duration", default=DURATION, help="diagnose window per scenario")
     parser.add_argument("--interval", default=INTERVAL, help="diagnose sampling interval")
-    parser.add_argument("--json", default=str(REPO / "docs" / "scenario-matrix.json"))
-    parser.add_argument("--markdown", default=str(REPO / "docs" / "scenario-matrix.md"))
+    # The docs hold the full grid: a run of part of it (--only) writes files only when asked.
+    parser.add_argument("--json", default=None,
+                        help="where the run's JSON goes (default: docs/scenario-matrix.json, "
+                             "not written by an --only run unless given)")
+    parser.add_argument("--markdown", default=None,
+                        help="where its table goes (default: docs/scenario-matrix.md, likewise)")
     parser.add_argument("--list", action="store_true", help="print scenarios and expectations")
     parser.add_argument("--previous", help="JSON of an earlier run: list the cells that changed")
     parser.add_argument("--render", action="store_true",
                         help="no runs: write --markdown again from the --json of a past run")
     args = parser.parse_args(argv)
+    write_outputs = not args.only or args.json is not None or args.markdown is not None
+    args.json = args.json or str(REPO / "docs" / "scenario-matrix.json")
+    args.markdown = args.markdown or str(REPO / "docs" / "scenario-matrix.md")
     if args.render:
         try:
             past = json.loads(Path(args.json).read_text(encoding="utf-8"))
@@ -663,6 +670,12 @@ def main(argv: list[str] | None = None) -> int:
         run["changes"] = {"previous_date": previous["date"],
                           "previous_load": f"{previous['load_before']} / {previous['load_after']}",
                           "cells": changes(run, previous)}
+    if not write_outputs:
+        mismatches = sum(not cell["ok"] for entry in run["scenarios"]
+                         for cell in entry["cells"].values())
+        print(f"{len(run['scenarios'])} scenario(s), {mismatches} mismatched cell(s); "
+              "nothing written (--only: give --json/--markdown to keep the run)")
+        return 0
     write_json(Path(args.json), run)
     Path(args.markdown).write_text(render_markdown(run), encoding="utf-8")
     print(f"wrote {args.json} and {args.markdown}")
