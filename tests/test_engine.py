@@ -596,6 +596,25 @@ def test_a_throttled_swinging_target_gets_one_quota_finding_that_shows_the_swing
         {"cpu-fluctuation-throttling"}
 
 
+@pytest.mark.parametrize("engine_name, expected", [
+    ("vllm", "Raise the CPU limit"),
+    ("llamacpp", "--threads 1 for 0.50 cores"),
+    ("pytorch", "torch.set_num_threads(1)"),
+    ("", "Match threads to the quota (1 thread(s))"),
+])
+def test_quota_hints_fit_the_engine(engine_name, expected):
+    samples = [{"cpu_throttled_ratio": 0.3, "cpu_quota_cores": 0.5, "recommended_threads": 1,
+                "cpu_cores": 0.5, "cpu_utilisation_ratio": 1.0}] * 5
+    engine = Engine([r for r in load_rules() if r.id == "cpu-throttling"])
+    store = FeatureStore(60)
+    for second, values in enumerate(samples):
+        store.add(float(second), values)
+        engine.evaluate(store, float(second), 1000.0 + second,
+                        {"comm": "srv", "engine": engine_name})
+    (finding,) = engine.current()
+    assert finding.state == "firing" and expected in finding.hint, finding.hint
+
+
 def test_fit_r2_tells_steady_growth_from_noise():
     steady = [(float(t), 1000.0 + 50 * t) for t in range(10)]
     noise = [(float(t), 1000.0 + (37 * t * t) % 11) for t in range(10)]
