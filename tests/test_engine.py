@@ -587,7 +587,15 @@ def test_a_throttled_swinging_target_gets_one_quota_finding_that_shows_the_swing
     summary = firing["cpu-throttling"].summary
     assert "0.50 cores" in summary and "20%" in summary, summary
     assert "peaked at 0.5" in summary and "varied by" in summary, summary
-    assert firing["cpu-throttling"].as_dict()["cause"] == "cpu-quota"
+    document = firing["cpu-throttling"].as_dict()
+    assert document["cause"] == "cpu-quota"
+    # The peak and the spread are no condition's: the finding lists them as quoted, with the
+    # points they cover, so each number of the summary is traced to a measurement.
+    quoted = {(q["aggregation"], q["feature"]): q for q in document["quoted"]}
+    assert quoted[("max", "cpu_cores")]["value"] == 0.5
+    assert quoted[("stddev", "cpu_utilisation_ratio")]["points"] >= 10
+    assert ("last", "cpu_quota_cores") in quoted
+    assert not any(q["feature"] == "cpu_throttled_ratio" for q in document["quoted"])
     # Throttled less than cpu-throttling's 10%, the swing's own rule names the quota alone.
     light = [dict(sample, cpu_throttled_ratio=0.06) for sample in samples]
     engine = _run_builtin(light, {"cpu-throttling", "cpu-fluctuation-throttling",

@@ -149,6 +149,7 @@ class Finding:
     capture: str | None = None
     inhibited_by: str | None = None     # set when another rule's cause ended this one
     cause: str | None = None            # the rule's `cause`
+    quoted: list[Quoted] = field(default_factory=list)   # values the texts quote beyond evidence
 
     def as_dict(self, start_mono: float | None = None) -> dict:
         def rel(value):
@@ -160,6 +161,9 @@ class Finding:
                 # evidence, listed only in evidence_all.
                 "evidence": [e.as_dict() for e in self.evidence if e.met and not e.negated],
                 "evidence_all": [e.as_dict() for e in self.evidence],
+                # Values the summary and hint quote that no condition computed (a peak, a
+                # spread, a quota), over the same window: every number in the text is traced.
+                "quoted": [q.as_dict() for q in self.quoted],
                 "since_wall": self.since_wall, "inhibited_by": self.inhibited_by,
                 "since_seconds": rel(self.since), "fired_at_seconds": rel(self.fired_at),
                 "resolved_at_seconds": rel(self.resolved_at)}
@@ -179,12 +183,37 @@ def _used_value(evidence: list[Evidence], feature: str) -> Evidence | None:
     return (supporting or candidates or [None])[0]
 
 
+@dataclass(frozen=True)
+class Quoted:
+    """A value a summary or hint quotes that no condition of the rule computed (a peak, a
+    spread, a quota, the thread count to set): listed beside the evidence, so every number
+    of a finding's text can be traced to what was measured, over which points."""
+
+    feature: str
+    agg: str
+    value: float | None
+    points: int
+    span_s: float
+    window_s: float
+
+    def as_dict(self) -> dict:
+        unit = aggregate_unit(self.agg, FEATURES[self.feature].unit)
+        covered = (f"{self.points} point{'s' if self.points != 1 else ''} over "
+                   f"{self.span_s:.1f}s of {self.window_s:g}s") if self.agg != "last" else \
+            "the last sample"
+        return {"feature": self.feature, "aggregation": self.agg, "value": _clean(self.value),
+                "unit": unit, "points": self.points, "span_seconds": round(self.span_s, 3),
+                "text": f"{self.agg}({self.feature}) = {format_value(self.value, unit)} "
+                        f"({covered})"}
+
+
 def template_values(rule: Rule, evidence: list[Evidence], store: FeatureStore, now: float,
-                    context: dict[str, str], names: set[str]) -> dict[str, str]:
+                    context: dict[str, str], names: set[str],
+                    quoted: dict[str, Quoted] | None = None) -> dict[str, str]:
     """Values for a rule's placeholders, from the same aggregates as its evidence: `$feature`
     is the value a condition of the rule computed (avg where the rule averaged), `${agg:f}`
     that aggregation over the rule's window, and a feature the conditions do not use is its
-    last value."""
+    last value. Values no condition computed go into `quoted` (placeholder -> Quoted)."""
     values: dict[str, str] = {}
     window = max((e.window_s for e in evidence), default=0.0)
     for name in names:
@@ -195,14 +224,27 @@ def template_values(rule: Rule, evidence: list[Evidence], store: FeatureStore, n
         if feature not in FEATURES:
             continue
         unit = FEATURES[feature].unit
+        own: Quoted | None = None
         if agg is None:
             used = _used_value(evidence, feature)
-            value = used.value if used is not None else store.last(feature)
+            if used is not None:
+                value = used.value
+            else:
+                value = store.last(feature)
+                own = Quoted(feature, "last", value, 1 if value is not None else 0, 0.0, window)
         else:
             same = [e for e in evidence if e.feature == feature and e.agg == agg
                     and e.value is not None]
-            value = same[0].value if same else aggregate(agg, store.window(feature, now, window))
+            if same:
+                value = same[0].value
+            else:
+                points = store.window(feature, now, window)
+                value = aggregate(agg, points)
+                own = Quoted(feature, agg, value, len(points),
+                             points[-1][0] - points[0][0] if points else 0.0, window)
             unit = aggregate_unit(agg, unit)
+        if own is not None and quoted is not None:
+            quoted[name] = own
         values[name] = format_value(value, unit)
     rss = store.last("rss_bytes")
     if rss is not None:
@@ -283,10 +325,15 @@ class Engine:
                              and self.active[other].state == "firing"), None)
             holding = any(other in met_now for other in inhibitors)
             if met and blocking is None:
+                quoted: dict[str, Quoted] = {}
                 values = template_values(rule, evidence, store, now, context,
-                                         self._placeholders[rule.id])
+                                         self._placeholders[rule.id], quoted)
+                hint_text = rule.hint_for(engine, runtime)
                 summary = render(rule.summary, values)
-                hint = render(rule.hint_for(engine, runtime), values)
+                hint = render(hint_text, values)
+                shown = template_fields(rule.summary) | template_fields(hint_text)
+                quoted_list = list({(q.feature, q.agg): q for name, q in sorted(quoted.items())
+                                    if name in shown}.values())
                 if finding is None:
                     finding = Finding(rule.id, rule.severity, "pending", context.get("target", ""),
                                       summary, hint, evidence, now, wall, capture=rule.capture,
@@ -294,6 +341,7 @@ class Engine:
                     self.active[rule.id] = finding
                     changed.append((finding, finding.state))
                 finding.summary, finding.hint, finding.evidence = summary, hint, evidence
+                finding.quoted = quoted_list
                 finding.last_true = now
                 if finding.state == "pending" and not holding and \
                         now - finding.since >= rule.for_s - 1e-6:

@@ -26,6 +26,12 @@ def _coverage(item: dict, window: dict) -> str:
             f"{covered_seconds(item, window):.1f}s of {item.get('window_seconds') or 0:g}s")
 
 
+def quoted_lines(finding: dict) -> list[str]:
+    """The values a finding's summary and hint quote beyond its evidence (a peak, a spread, a
+    setting), each with the points it covers."""
+    return [str(item.get("text", "")) for item in finding.get("quoted") or []]
+
+
 def evidence_lines(finding: dict, window: dict) -> list[str]:
     """One line per reading (aggregation of a feature over a window): a rule that compares
     the same reading with two thresholds shows the value once, with both comparisons."""

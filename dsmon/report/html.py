@@ -12,7 +12,7 @@ import json
 from html import escape
 
 from dsmon.report import svg
-from dsmon.report.digest import FixLedger, evidence_lines, thread_tables
+from dsmon.report.digest import FixLedger, evidence_lines, quoted_lines, thread_tables
 from dsmon.report.frames import user_frames
 from dsmon.report.svg import Bars, Reference, Series
 from dsmon.report.units import bytes_text as _bytes
@@ -177,6 +177,8 @@ def _findings(report: dict) -> str:
         severity = finding.get("severity", "info")
         evidence = "".join(f"<li>{_e(line)}</li>"
                            for line in evidence_lines(finding, report["window"]))
+        evidence += "".join(f'<li class="quoted">quoted: {_e(line)}</li>'
+                            for line in quoted_lines(finding))
         out.append(
             f'<div class="finding {escape(severity)}" id="finding-{index}" '
             f'data-rule="{_e(finding.get("rule_id"))}">'

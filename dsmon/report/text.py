@@ -7,7 +7,7 @@ dsmon.report.digest and shared with the HTML page.
 
 from __future__ import annotations
 
-from dsmon.report.digest import FixLedger, evidence_lines, thread_tables
+from dsmon.report.digest import FixLedger, evidence_lines, quoted_lines, thread_tables
 from dsmon.report.frames import user_frames
 from dsmon.report.units import bytes_text as _bytes
 from dsmon.report.units import number as _num
@@ -69,6 +69,7 @@ def _findings(report: dict, fixes: FixLedger) -> list[str]:
         lines.append(f"  [{finding['severity'].upper()} {finding['state']}] "
                      f"{finding['rule_id']}: {finding['summary']}")
         lines += [f"      evidence: {line}" for line in evidence_lines(finding, report["window"])]
+        lines += [f"      quoted: {line}" for line in quoted_lines(finding)]
         for thread in (finding.get("stacks") or {}).get("threads", [])[:3]:
             lines.append(f"      stack: thread {thread['tid']} {thread['name'] or ''} "
                          f"({thread['why']}, GIL {_pct(thread['gil_ratio'])}): "
