@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.findings import assert_one_finding_per_cause
 from tests.test_gpu_device import GPUS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +73,9 @@ def test_growth_toward_capacity_fires_gpu_oom_risk(tmp_path):
              if f["rule_id"].startswith("gpu-oom-risk") and f["state"] == "firing"]
     assert fired, report["findings"]
     assert fired[0]["seconds"] <= 10 + 10 + 2      # window + for + an interval
+    # One cause, one finding, with real NVML and NUMA data (the GPU and NUMA placement rules
+    # share a cause; the OOM tiers share one).
+    assert_one_finding_per_cause(report)
 
 
 def test_steady_preallocation_is_healthy(tmp_path):
@@ -79,3 +83,4 @@ def test_steady_preallocation_is_healthy(tmp_path):
     usage = next(iter(report["gpu"]["targets"].values()))
     assert usage["status"] == "ok" and usage["memory_bytes"] > 0.8 * report["gpu"]["gpus"][0]["memory_total_bytes"]
     assert not [f for f in report["findings"] if f["rule_id"].startswith("gpu-oom")]
+    assert_one_finding_per_cause(report)
