@@ -92,14 +92,17 @@ class Evidence:
         unit = self.unit
         # The window as really used: a diagnose run shorter than the rule's window, or a
         # feature measured only every few sweeps, covers less than the nominal window.
-        covered = (f"{self.points} point{'s' if self.points != 1 else ''} over "
-                   f"{self.span_s:.1f}s of {self.window_s:g}s")
+        covered = _covered(self.points, self.span_s, self.window_s)
         return {"feature": self.feature, "negated": self.negated, "aggregation": self.agg,
                 "window_seconds": self.window_s, "span_seconds": round(self.span_s, 3),
                 "value": _clean(self.value), "op": self.op, "threshold": _clean(self.threshold),
                 "met": self.met, "points": self.points, "unit": unit,
                 "text": f"{self.agg}({self.feature}) = {format_value(self.value, unit)} "
                         f"{self.op} {format_value(self.threshold, unit)} ({covered})"}
+
+
+def _covered(points: int, span_s: float, window_s: float) -> str:
+    return f"{points} point{'s' if points != 1 else ''} over {span_s:.1f}s of {window_s:g}s"
 
 
 def _clean(value):
@@ -198,9 +201,8 @@ class Quoted:
 
     def as_dict(self) -> dict:
         unit = aggregate_unit(self.agg, FEATURES[self.feature].unit)
-        covered = (f"{self.points} point{'s' if self.points != 1 else ''} over "
-                   f"{self.span_s:.1f}s of {self.window_s:g}s") if self.agg != "last" else \
-            "the last sample"
+        covered = "the last sample" if self.agg == "last" else \
+            _covered(self.points, self.span_s, self.window_s)
         return {"feature": self.feature, "aggregation": self.agg, "value": _clean(self.value),
                 "unit": unit, "points": self.points, "span_seconds": round(self.span_s, 3),
                 "text": f"{self.agg}({self.feature}) = {format_value(self.value, unit)} "
@@ -276,11 +278,12 @@ def inhibitors_first(rules: list[Rule]) -> list[Rule]:
     return ordered
 
 
-def template_names(rule: Rule) -> set[str]:
-    names = set()
-    for text in (rule.summary, rule.hint, *rule.hints.values()):
-        names |= template_fields(text)
-    return names - {"<invalid>"}
+def template_names(rule: Rule) -> dict[str, frozenset[str]]:
+    """For each hint text the rule can show (`hint_for`), the placeholders of its summary and
+    that hint: parsed once, not at every evaluation."""
+    summary = template_fields(rule.summary)
+    return {text: frozenset((summary | template_fields(text)) - {"<invalid>"})
+            for text in (rule.hint, *rule.hints.values())}
 
 
 @dataclass
@@ -325,15 +328,14 @@ class Engine:
                              and self.active[other].state == "firing"), None)
             holding = any(other in met_now for other in inhibitors)
             if met and blocking is None:
+                hint_text = rule.hint_for(engine, runtime)
                 quoted: dict[str, Quoted] = {}
                 values = template_values(rule, evidence, store, now, context,
-                                         self._placeholders[rule.id], quoted)
-                hint_text = rule.hint_for(engine, runtime)
+                                         self._placeholders[rule.id][hint_text], quoted)
                 summary = render(rule.summary, values)
                 hint = render(hint_text, values)
-                shown = template_fields(rule.summary) | template_fields(hint_text)
-                quoted_list = list({(q.feature, q.agg): q for name, q in sorted(quoted.items())
-                                    if name in shown}.values())
+                quoted_list = list({(q.feature, q.agg): q
+                                    for _, q in sorted(quoted.items())}.values())
                 if finding is None:
                     finding = Finding(rule.id, rule.severity, "pending", context.get("target", ""),
                                       summary, hint, evidence, now, wall, capture=rule.capture,
